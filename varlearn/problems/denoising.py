@@ -1,0 +1,154 @@
+"""Denoising: the lower-level problem and the squared-error upper loss."""
+from __future__ import annotations
+
+import math
+
+from .._validation import check_array
+from ..backend import as_float_array
+from ..regularizers import Regularizer, TotalVariation
+from .base import LowerProblem, UpperLoss
+
+__all__ = ["DenoisingProblem", "SquaredError"]
+
+
+def _as_stack(a, name):
+    a = as_float_array(a, name=name)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H, W) or (H, W), got shape {tuple(a.shape)}")
+    if a.shape[-1] < 2 or a.shape[-2] < 2:
+        raise ValueError(f"{name} images must be at least 2x2, got shape {tuple(a.shape)}")
+    return a
+
+
+class DenoisingProblem(LowerProblem):
+    r"""Variational denoising of a batch of images.
+
+    .. math:: h(x, \theta) = \tfrac12 \|x - y\|^2 + R(x, \theta)
+
+    for noisy images ``y`` of shape ``(N, H, W)`` (a single ``(H, W)`` image
+    becomes a batch of one).  μ = 1 + (a lower bound on R's curvature) and
+    L = 1 + (R's Lipschitz bound) are the constants of ``h`` as written.
+
+    Parameters
+    ----------
+    noisy : array of shape (N, H, W) or (H, W)
+        NumPy or CuPy; integer images are scaled to [0, 1]; float32/float64 kept.
+    regularizer : Regularizer
+    """
+
+    def __init__(self, noisy, regularizer: Regularizer):
+        if not isinstance(regularizer, Regularizer):
+            raise TypeError(f"regularizer must be a Regularizer, got {type(regularizer).__name__}")
+        y = _as_stack(noisy, "noisy")
+        self._set_data(y)
+        self.noisy = y
+        self.regularizer = regularizer
+        self.dtype = y.dtype
+        self.x_shape = tuple(y.shape)
+        self.n_params = regularizer.n_params
+        self._fused = isinstance(regularizer, TotalVariation)
+
+    def _default_params(self, rng):
+        return self.regularizer.init_params(rng)
+
+    def initial_x(self):
+        return self.noisy.copy()
+
+    def describe(self, theta):
+        return self.regularizer.describe(theta)
+
+    def value(self, x, theta):
+        d = x - self.noisy
+        return 0.5 * self.xp.vdot(d.ravel(), d.ravel()) + self.regularizer.value(x, theta)
+
+    def grad(self, x, theta):
+        if self._fused:
+            return self.regularizer.grad_data(x, theta, self.noisy, 1.0)
+        return (x - self.noisy) + self.regularizer.grad(x, theta)
+
+    def hvp(self, x, theta, v):
+        if self._fused:
+            return self.regularizer.hvp_data(x, theta, v, 1.0)
+        return v + self.regularizer.hvp(x, theta, v)
+
+    def mixed_vjp(self, x, theta, w):
+        return self.regularizer.mixed_vjp(x, theta, w)
+
+    def strong_convexity(self, theta):
+        c = self.regularizer.convexity(theta)
+        mu = 1.0 + c
+        if not mu > 0:
+            raise ValueError(
+                f"the denoising problem is not strongly convex at this theta "
+                f"(curvature bound of the regularizer {c!r} <= -1)"
+            )
+        return mu
+
+    def lipschitz(self, theta):
+        return 1.0 + self.regularizer.lipschitz(theta)
+
+    def lipschitz_is_loose(self, theta):
+        return self.regularizer.lipschitz_is_loose(theta)
+
+    def hessian_lipschitz(self, theta):
+        return self.regularizer.hessian_lipschitz(theta)
+
+    def mixed_lipschitz(self, theta):
+        return self.regularizer.mixed_lipschitz(theta)
+
+    def fista_step(self, x, x_prev, beta, tau, theta, out):
+        if self._fused:
+            k = self.regularizer._kernels(x)
+            if k is not None and x.flags.c_contiguous and x_prev.flags.c_contiguous:
+                lam, nu = self.regularizer._scalars(theta)
+                g2 = k.fista_step(x, x_prev, self.noisy, float(beta), float(tau), lam, nu * nu,
+                                  self.regularizer.isotropic, out)
+                return math.sqrt(float(g2))
+        return super().fista_step(x, x_prev, beta, tau, theta, out)
+
+
+class SquaredError(UpperLoss):
+    r"""Mean over images of :math:`\tfrac12\|x_i - c_i\|^2`: :math:`U(x) = \frac{1}{2N}\|x - c\|^2`.
+
+    :math:`L_U = 1/N`; convex.
+    """
+
+    convex = True
+
+    def __init__(self, clean):
+        c = as_float_array(clean, name="clean")
+        if c.ndim == 2:
+            c = c[None]
+        if c.ndim != 3:
+            raise ValueError(f"clean must have shape (N, H, W) or (H, W), got shape {tuple(c.shape)}")
+        self.clean = c
+        self.n_images = c.shape[0]
+
+    def _check(self, x):
+        check_array(x, "x", shape=self.clean.shape, finite=False)
+
+    def value(self, x):
+        d = (x - self.clean).ravel()
+        xp = self._xp(x)
+        return 0.5 * xp.vdot(d, d) / self.n_images
+
+    def grad(self, x):
+        return (x - self.clean) / self.n_images
+
+    def lipschitz(self):
+        return 1.0 / self.n_images
+
+    def _xp(self, x):
+        from ..backend import get_namespace
+
+        return get_namespace(x, self.clean)
+
+    def psnr(self, x, data_range=1.0):
+        """Mean over images of the PSNR (dB) of ``x`` against the clean images, clipped to [0, 1]."""
+        xp = self._xp(x)
+        xc = xp.clip(x, 0.0, data_range)
+        cc = xp.clip(self.clean, 0.0, data_range)
+        mse = xp.mean((xc - cc) ** 2, axis=(-2, -1))
+        return float(xp.mean(10.0 * xp.log10(data_range ** 2 / xp.maximum(mse, 1e-30))))

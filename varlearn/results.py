@@ -1,0 +1,60 @@
+"""Result objects: dictionaries with attribute access and a readable repr."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Result", "STATUS_MESSAGES", "ConvergenceWarning", "VarlearnWarning"]
+
+
+class VarlearnWarning(UserWarning):
+    """Base class of varlearn's warnings."""
+
+
+class ConvergenceWarning(VarlearnWarning):
+    """An iterative solver stopped before meeting its tolerance."""
+
+
+#: one table of status messages for every solver
+STATUS_MESSAGES = {
+    "success": "the stopping rule was met",
+    "maxiter": "the maximum number of iterations was reached before the tolerance",
+    "nan": "a NaN or Inf appeared in the iterates",
+    "indefinite": "the operator is not positive definite along a search direction",
+    "linesearch_failed": "the line search could not certify a decrease",
+    "callback_stop": "the callback raised StopIteration",
+    "budget_exhausted": "the total cost budget was used up",
+    "time_limit": "the wall-time limit was reached",
+    "accuracy_floor": "the accuracy reached its floor without certifying a descent direction",
+    "gradient_tol": "the norm of the hypergradient is below the tolerance",
+}
+
+
+class Result(dict):
+    """A ``dict`` whose keys are also attributes (like ``scipy.optimize.OptimizeResult``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    __setattr__ = dict.__setitem__
+    __delattr__ = dict.__delitem__
+
+    def __dir__(self):
+        return list(self.keys())
+
+    def __repr__(self):
+        if not self:
+            return f"{type(self).__name__}()"
+        width = max(map(len, self.keys())) + 1
+        lines = []
+        for k, v in self.items():
+            if hasattr(v, "shape") and getattr(v, "size", 0) > 6:
+                text = f"<array shape={tuple(v.shape)} dtype={v.dtype}>"
+            elif isinstance(v, list) and len(v) > 6:
+                text = f"<list of {len(v)}>"
+            else:
+                text = repr(v) if not isinstance(v, np.ndarray) else np.array2string(v, precision=6)
+            lines.append(f"{k.rjust(width)}: {text}")
+        return "\n".join(lines)
