@@ -14,6 +14,8 @@ from .regularizers import (
 )
 from .results import ConvergenceWarning, Result, VarlearnWarning
 from .solvers import cg, solve_lower
+from .hypergradient import hypergradient
+from .bilevel import BilevelResult, minimize_bilevel
 
 __version__ = "0.1.0"
 
@@ -22,5 +24,5 @@ logging.getLogger("varlearn").addHandler(logging.NullHandler())
 __all__ = [
     "backend", "operators", "potentials", "testing",
     "Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation", "FieldOfExperts",
-    "solve_lower", "cg", "Result", "ConvergenceWarning", "VarlearnWarning", "__version__",
+    "solve_lower", "cg", "hypergradient", "minimize_bilevel", "BilevelResult", "Result", "ConvergenceWarning", "VarlearnWarning", "__version__",
 ] + list(_problems_all)

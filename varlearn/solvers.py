@@ -8,6 +8,8 @@ import warnings
 
 from ._validation import check_int, check_positive
 from .backend import get_namespace
+from .linalg import norm as _lnorm
+from .linalg import vdot as _vdot
 from .results import STATUS_MESSAGES, ConvergenceWarning, Result
 
 logger = logging.getLogger("varlearn")
@@ -16,7 +18,7 @@ __all__ = ["solve_lower", "cg", "estimate_lipschitz"]
 
 
 def _norm(xp, a):
-    return float(xp.linalg.norm(a.ravel()))
+    return _lnorm(a)
 
 
 def estimate_lipschitz(problem, theta, x, n_iter=10, rng=None):
@@ -223,7 +225,7 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
         x = x0.astype(b.dtype, copy=True)
         r = b - matvec(x)
         nit += 1
-    rr = float(xp.vdot(r.ravel(), r.ravel()))
+    rr = _vdot(r, r)
 
     def done(status):
         res = Result(x=x, nit=nit, residual_norm=math.sqrt(rr), status=status,
@@ -242,13 +244,13 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
         while nit < maxiter:
             ap = matvec(p)
             nit += 1
-            pap = float(xp.vdot(p.ravel(), ap.ravel()))
+            pap = _vdot(p, ap)
             if not pap > 0:
                 return done("nan" if not math.isfinite(pap) else "indefinite")
             alpha = rr / pap
             x += alpha * p
             r -= alpha * ap
-            rr_new = float(xp.vdot(r.ravel(), r.ravel()))
+            rr_new = _vdot(r, r)
             if not math.isfinite(rr_new):
                 rr = rr_new
                 return done("nan")
@@ -263,7 +265,7 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
         # verify with the true residual
         r = b - matvec(x)
         nit += 1
-        rr = float(xp.vdot(r.ravel(), r.ravel()))
+        rr = _vdot(r, r)
         if math.sqrt(rr) <= tol:
             return done("success")
         logger.debug("cg: recurrence residual met tol but true residual %.3e did not; restarting", math.sqrt(rr))

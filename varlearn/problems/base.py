@@ -7,6 +7,7 @@ import numpy as np
 
 from .._validation import check_array, check_theta
 from ..backend import get_namespace, to_device, xp_name
+from ..linalg import norm as _lnorm
 
 __all__ = ["LowerProblem", "UpperLoss"]
 
@@ -110,7 +111,7 @@ class LowerProblem:
         xp = self.xp
         z = x + beta * (x - x_prev) if beta != 0 else x
         g = self.grad(z, theta)
-        gnorm = float(xp.linalg.norm(g.ravel()))
+        gnorm = _lnorm(g)
         xp.subtract(z, tau * g, out=out)
         return gnorm
 

@@ -98,6 +98,12 @@ class DenoisingProblem(LowerProblem):
     def mixed_lipschitz(self, theta):
         return self.regularizer.mixed_lipschitz(theta)
 
+    def mixed_norm_bound(self, x, theta):
+        return self.regularizer.mixed_norm_bound(x, theta)
+
+    def param_layout(self):
+        return self.regularizer.param_layout()
+
     def fista_step(self, x, x_prev, beta, tau, theta, out):
         if self._fused:
             k = self.regularizer._kernels(x)

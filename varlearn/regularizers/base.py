@@ -68,6 +68,10 @@ class Regularizer:
     def mixed_lipschitz(self, theta):  # noqa: ARG002
         return None
 
+    def mixed_norm_bound(self, x, theta):  # noqa: ARG002
+        """An upper bound on the operator norm of the mixed derivative at ``x`` (``None``: unknown)."""
+        return None
+
     def param_layout(self):
         """List of ``(name, slice)`` blocks of θ (one block ``"theta"`` by default)."""
         return [("theta", slice(0, self.n_params))]
@@ -195,6 +199,19 @@ class PotentialRegularizer(Regularizer):
         lam, nu = self._natural(theta)
         return lam * self.potential.d3_max(nu) * self.operator.norm_bound() ** 3
 
+    def mixed_norm_bound(self, x, theta):
+        """Frobenius norm of the (one or two) columns of the mixed derivative, computed exactly."""
+        xp = get_namespace(x, theta)
+        lam, nu = self._params(theta)
+        op = self.operator
+        t = op.apply(x)
+        c0 = lam * op.adjoint(self.potential.d1(t, nu))
+        total = float(xp.vdot(c0.ravel(), c0.ravel()))
+        if self.potential.has_param:
+            c1 = (lam * nu) * op.adjoint(self.potential.d1_dnu(t, nu))
+            total += float(xp.vdot(c1.ravel(), c1.ravel()))
+        return math.sqrt(total)
+
     def mixed_lipschitz(self, theta):
         # column log-weight: lam K^T phi'(Kx)          -> lam ||K||^2 sup phi''
         # column log-shape:  lam nu K^T dphi'/dnu (Kx) -> lam nu ||K||^2 sup |d phi''/dnu|
@@ -288,8 +305,13 @@ class SumRegularizer(Regularizer):
         return None if any(v is None for v in vals) else sum(vals)
 
     def mixed_lipschitz(self, theta):
+        # J = [J_1 ... J_m] by column blocks: ||J - J'|| <= sqrt(sum ||J_i - J_i'||^2)
         vals = [t.mixed_lipschitz(theta[s]) for t, s in zip(self.terms, self._slices)]
-        return None if any(v is None for v in vals) else sum(vals)
+        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+
+    def mixed_norm_bound(self, x, theta):
+        vals = [t.mixed_norm_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
+        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
 
     def describe(self, theta):
         return {f"term{i}": t.describe(theta[s]) for i, (t, s) in enumerate(zip(self.terms, self._slices))}

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import _accel
 from ..backend import get_namespace, xp_name
+from ..linalg import vdot as _vdot
 from ..operators import FiniteDifference
 from .base import Regularizer, _host
 
@@ -166,6 +167,23 @@ class TotalVariation(Regularizer):
             a = xp.sum(u * dw / r)
             b = -lam * nu * nu * xp.sum(u * dw / (s * r))
         return xp.stack([lam * a, b]).astype(theta.dtype)
+
+    def mixed_norm_bound(self, x, theta):
+        r"""Frobenius norm of :math:`J(x) = \partial_\theta \nabla_x R(x,\theta)` (its two columns
+        computed exactly), an upper bound on its operator norm."""
+        xp = get_namespace(x, theta)
+        lam, nu = self._scalars(theta)
+        u = _D.apply(x)
+        if self.isotropic:
+            s = u[..., 0, :, :] ** 2 + u[..., 1, :, :] ** 2 + nu * nu
+            r = xp.sqrt(s)[..., None, :, :]
+            s = s[..., None, :, :]
+        else:
+            s = u * u + nu * nu
+            r = xp.sqrt(s)
+        c0 = lam * _D.adjoint(u / r)
+        c1 = (-lam * nu * nu) * _D.adjoint(u / (s * r))
+        return math.sqrt(_vdot(c0, c0) + _vdot(c1, c1))
 
     # ------------------------------------------------------------------ bounds
     def lipschitz(self, theta):

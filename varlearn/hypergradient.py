@@ -1,0 +1,235 @@
+r"""Inexact implicit hypergradients with an a-posteriori error bound.
+
+For :math:`f(\theta) = U(\hat x(\theta))` with :math:`\hat x(\theta) = \arg\min_x h(x,\theta)`,
+
+.. math:: \nabla f(\theta) = -J(\hat x,\theta)^T H(\hat x,\theta)^{-1}\nabla U(\hat x),
+
+:math:`H = \nabla^2_{xx}h`, :math:`J = \partial_\theta\nabla_x h`.  It is computed
+inexactly: :math:`\tilde x` with :math:`\|\tilde x - \hat x\| \le \epsilon` (certified by
+:func:`~varlearn.solvers.solve_lower`), :math:`q` with
+:math:`\|H(\tilde x)q - \nabla U(\tilde x)\| \le \delta` (conjugate gradients), and
+:math:`z = -J(\tilde x)^T q`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+
+import numpy as np
+
+from ._validation import check_positive
+from .linalg import norm as _lnorm
+from .results import ConvergenceWarning, Result
+from .solvers import cg, solve_lower
+
+logger = logging.getLogger("varlearn")
+
+__all__ = ["hypergradient", "error_bound", "BoundEstimator"]
+
+
+def _norm(xp, a):
+    return _lnorm(a)
+
+
+def error_bound(eps, delta, mu, L_U, grad_U_norm, J_norm, L_J, L_Hinv):
+    r"""The bound of Theorem 2.1 (MAID paper) on :math:`\|z - \nabla f(\theta)\|`.
+
+    .. math::
+
+        \omega = c\,\epsilon + \frac{\|J\|}{\mu}\delta + \frac{L_J L_U}{\mu}\epsilon^2,\qquad
+        c = \frac{L_U\|J\|}{\mu} + L_{H^{-1}}\|\nabla U\|\|J\| + \frac{L_J\|\nabla U\|}{\mu}
+
+    with ``eps`` a bound on :math:`\|\tilde x - \hat x\|`, ``delta`` on the CG
+    residual, :math:`L_J` and :math:`L_{H^{-1}}` the Lipschitz constants in ``x`` of
+    the mixed derivative and of the inverse Hessian.
+    """
+    c = L_U * J_norm / mu + L_Hinv * grad_U_norm * J_norm + L_J * grad_U_norm / mu
+    return c * eps + J_norm / mu * delta + L_J * L_U / mu * eps * eps
+
+
+class BoundEstimator:
+    """Estimates the constants of the error bound that a problem does not know.
+
+    For a constant the problem does not provide (``hessian_lipschitz``,
+    ``mixed_lipschitz`` or ``mixed_norm_bound`` returning ``None``) it uses a
+    finite-difference estimate, kept as a running maximum over calls:
+
+    * :math:`L_H`: :math:`\\|(H(x') - H(\\tilde x))v\\| / \\|x' - \\tilde x\\|` for a random unit ``v``,
+    * :math:`L_J`: :math:`\\|J(x')^Tq - J(\\tilde x)^Tq\\| / (\\|q\\|\\,\\|x' - \\tilde x\\|)`,
+
+    with :math:`x' = \\tilde x + r\\,e`, ``e`` a random unit vector and ``r`` the
+    current accuracy (at least ``1e-6`` times the RMS of :math:`\\tilde x`);
+    and :math:`\\|J\\|` by ``n_power`` power iterations on :math:`J^TJ`, where
+    :math:`Jd` is a central difference of :math:`\\nabla_x h` in θ.  These are
+    *estimates*, not bounds (the result says so in ``bound_exact``); each costs
+    Hessian-vector products or gradients, counted in the CG cost.
+
+    Its state (running maxima and the random generator) is saved in
+    checkpoints through :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    def __init__(self, seed=0, n_power=5):
+        self.rng = np.random.default_rng(seed)
+        self.n_power = n_power
+        self.L_H = 0.0
+        self.L_J = 0.0
+        self.J_norm_max = 0.0
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state, "L_H": self.L_H, "L_J": self.L_J,
+                "J_norm_max": self.J_norm_max, "n_power": self.n_power}
+
+    def load_state_dict(self, d):
+        self.rng.bit_generator.state = d["rng"]
+        self.L_H, self.L_J, self.J_norm_max = float(d["L_H"]), float(d["L_J"]), float(d["J_norm_max"])
+        self.n_power = int(d["n_power"])
+
+    def _unit(self, xp, shape, dtype):
+        e = xp.asarray(self.rng.standard_normal(shape)).astype(dtype)
+        return e / _norm(xp, e)
+
+    def _offset_point(self, problem, x, radius):
+        xp = problem.xp
+        rms = _norm(xp, x) / math.sqrt(max(x.size, 1))
+        r = max(radius, 1e-6 * max(rms, 1e-3))
+        return x + r * self._unit(xp, x.shape, x.dtype), r
+
+    def hessian_lipschitz(self, problem, theta, x, radius):
+        """Returns (estimate, number of Hessian-vector products used)."""
+        xp = problem.xp
+        x2, r = self._offset_point(problem, x, radius)
+        v = self._unit(xp, x.shape, x.dtype)
+        est = _norm(xp, problem.hvp(x2, theta, v) - problem.hvp(x, theta, v)) / r
+        self.L_H = max(self.L_H, est)
+        return self.L_H, 2
+
+    def mixed_lipschitz(self, problem, theta, x, q, radius):
+        xp = problem.xp
+        x2, r = self._offset_point(problem, x, radius)
+        qn = _norm(xp, q)
+        if qn == 0:
+            return self.L_J, 0
+        est = _norm(xp, problem.mixed_vjp(x2, theta, q) - problem.mixed_vjp(x, theta, q)) / (qn * r)
+        self.L_J = max(self.L_J, est)
+        return self.L_J, 2
+
+    def mixed_norm(self, problem, theta, x):
+        """Power iteration on J^T J with J d by central differences; returns (estimate, cost)."""
+        xp = get_xp(problem)
+        p = problem.n_params
+        d = self._unit(xp, (p,), theta.dtype)
+        tscale = max(1.0, _norm(xp, theta) / math.sqrt(p))
+        h = 1e-5 * tscale
+        sigma, cost = 0.0, 0
+        for _ in range(self.n_power):
+            jd = (problem.grad(x, theta + h * d) - problem.grad(x, theta - h * d)) / (2 * h)
+            jtjd = problem.mixed_vjp(x, theta, jd)
+            cost += 3
+            nrm = _norm(xp, jtjd)
+            if nrm == 0 or not math.isfinite(nrm):
+                break
+            sigma = math.sqrt(nrm)
+            d = jtjd / nrm
+        self.J_norm_max = max(self.J_norm_max, sigma)
+        return 1.1 * sigma, cost
+
+
+def get_xp(problem):
+    return problem.xp
+
+
+def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bound=True,
+                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto"):
+    r"""Inexact hypergradient :math:`z = -J(\tilde x,\theta)^T q` and its error bound.
+
+    Steps: (1) :func:`~varlearn.solvers.solve_lower` to ``lower_tol`` from ``x0``
+    (stops when :math:`\|\nabla_x h(\tilde x)\| \le \mu\,` ``lower_tol``);
+    (2) :func:`~varlearn.solvers.cg` on :math:`H(\tilde x)q = \nabla U(\tilde x)` from
+    ``q0`` (default 0) until the residual is :math:`\le` ``cg_tol``; (3) ``z``.
+
+    The bound ω (Theorem 2.1 of the MAID paper, :func:`error_bound`) is
+    evaluated a posteriori with the *achieved* accuracies
+    :math:`\epsilon = \|\nabla_x h(\tilde x)\|/\mu` and δ = the true CG residual,
+    which are at most ``lower_tol`` and ``cg_tol`` when the solvers converge
+    (and still valid bounds when they do not).  Constants come from the
+    problem (``strong_convexity``, ``hessian_lipschitz`` with
+    :math:`L_{H^{-1}} = L_H/\mu^2`, ``mixed_lipschitz``, ``mixed_norm_bound``)
+    and the upper loss (``lipschitz``); missing ones are estimated by a
+    :class:`BoundEstimator` and ``bound_exact`` is then False.
+
+    Parameters
+    ----------
+    problem : LowerProblem
+    upper : UpperLoss
+    theta : array
+    lower_tol, cg_tol : float > 0
+    x0, q0 : arrays, optional
+        Warm starts (not modified).
+    bound : bool
+        ``False`` skips the bound (``error_bound`` is NaN, no extra cost).
+    estimator : BoundEstimator, optional
+        Keeps running estimates across calls (created if needed).
+
+    Returns
+    -------
+    Result
+        ``grad`` (z), ``error_bound`` (ω), ``bound_exact``, ``x``, ``q``,
+        ``eps`` and ``delta`` (achieved accuracies), ``upper_value``
+        (:math:`U(\tilde x)`), ``upper_grad_norm``, ``n_lower_iter``,
+        ``n_cg_iter`` (CG products plus any products used by estimates),
+        ``lower`` and ``cg`` (the solver results), ``constants``.
+    """
+    lower_tol = check_positive(lower_tol, "lower_tol")
+    cg_tol = check_positive(cg_tol, "cg_tol")
+    theta = problem.check_theta(theta)
+    xp = problem.xp
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        low = solve_lower(problem, theta, lower_tol, x0=x0, maxiter=lower_maxiter, backtracking=backtracking)
+        x = low.x
+        gU = upper.grad(x)
+        gU_norm = _norm(xp, gU)
+        res = cg(lambda v: problem.hvp(x, theta, v), gU, cg_tol, x0=q0, maxiter=cg_maxiter)
+    for w in caught:
+        logger.info("hypergradient: %s", w.message)
+    q = res.x
+    z = -problem.mixed_vjp(x, theta, q)
+    z_norm = _norm(xp, z)
+    n_lower = low.nit + low.n_hvp
+    n_cg = res.nit
+    mu = low.mu
+    eps = low.distance_bound
+    delta = res.residual_norm
+    omega = math.nan
+    exact = None
+    consts = {}
+    if bound:
+        est = estimator
+        exact = True
+        L_U = float(upper.lipschitz())
+        L_H = problem.hessian_lipschitz(theta)
+        L_J = problem.mixed_lipschitz(theta)
+        J_norm = problem.mixed_norm_bound(x, theta)
+        if L_H is None or L_J is None or J_norm is None:
+            est = est if est is not None else BoundEstimator()
+            exact = False
+        if L_H is None:
+            L_H, c = est.hessian_lipschitz(problem, theta, x, max(eps, lower_tol))
+            n_cg += c
+        if L_J is None:
+            L_J, c = est.mixed_lipschitz(problem, theta, x, q, max(eps, lower_tol))
+            n_cg += c
+        if J_norm is None:
+            J_norm, c = est.mixed_norm(problem, theta, x)
+            n_cg += c
+        L_Hinv = L_H / (mu * mu)
+        omega = error_bound(eps, delta, mu, L_U, gU_norm, J_norm, L_J, L_Hinv)
+        consts = {"mu": mu, "L_U": L_U, "L_H": L_H, "L_J": L_J, "J_norm": J_norm}
+    return Result(
+        grad=z, grad_norm=z_norm, error_bound=omega, bound_exact=exact, x=x, q=q, eps=eps, delta=delta,
+        upper_value=float(upper.value(x)), upper_grad_norm=gU_norm, n_lower_iter=n_lower, n_cg_iter=n_cg,
+        lower=low, cg=res, constants=consts, time=time.perf_counter() - t0,
+    )

@@ -1,0 +1,348 @@
+r"""Multinomial logistic regression with one ridge weight per coefficient.
+
+Lower level (MAID paper, MNIST experiment; maid-spec §6.4):
+
+.. math::
+
+    h(W, \theta) = \mathrm{CE}(A W, y) + \tfrac12 \sum_{jk} e^{\theta_{jk}} W_{jk}^2,
+    \qquad \mathrm{CE}(Z, y) = \frac1n \sum_{i=1}^n \Big(\operatorname{lse}(Z_{i,:}) - Z_{i, y_i}\Big),
+
+with features ``A`` of shape ``(n, d)``, integer labels ``y``, weights ``W`` of
+shape ``(d, c)`` (no bias) and θ the log ridge weights, one per entry of ``W``,
+flattened row-major (``theta.reshape(d, c)`` lines up with ``W``).
+
+Constants (all true bounds for ``h`` as written; derivations in the comments
+of :class:`MultinomialLogisticProblem`):
+
+* μ = min e^θ (CE is convex).
+* L = ½‖A‖₂²/n + max e^θ.
+* Hessian Lipschitz constant: max_i‖a_i‖ · ‖A‖₂² / (√2 n).
+* Lipschitz constant of the mixed derivative in W: max e^θ; its norm at W:
+  max |e^θ ⊙ W|.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._validation import check_array, check_int
+from ..backend import get_namespace, is_cupy_array, working_dtype, xp_name
+from .base import LowerProblem, UpperLoss
+
+__all__ = ["MultinomialLogisticProblem", "CrossEntropy"]
+
+# Relative slack put on eigenvalues computed in floating point so that the
+# reported constants stay bounds despite rounding (eigvalsh is backward stable:
+# its error is a small multiple of d * eps * ||A^T A||).
+_EIG_SLACK = 1e-10
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_features(features, name):
+    """A 2-D, finite, floating feature matrix (integers become float64 without rescaling)."""
+    if not (isinstance(features, np.ndarray) or is_cupy_array(features)):
+        features = np.asarray(features)
+    kind = features.dtype.kind
+    if kind == "c":
+        raise ValueError(f"{name} must be real, got complex dtype {features.dtype}")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {features.dtype}")
+    target = working_dtype(features.dtype) if kind == "f" else np.dtype(np.float64)
+    features = features.astype(target, copy=False)
+    if features.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {tuple(features.shape)}")
+    if features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(features.shape)}")
+    return check_array(features, name)
+
+
+def _as_labels(labels, n, xp, name, n_classes=None):
+    """Integer labels, 1-D of length ``n``, in ``[0, n_classes)``, in the namespace ``xp``."""
+    if not (isinstance(labels, np.ndarray) or is_cupy_array(labels)):
+        labels = np.asarray(labels)
+    if xp_name(get_namespace(labels)) != xp_name(xp):
+        raise TypeError(
+            f"{name} is a {xp_name(get_namespace(labels))} array but the features are "
+            f"{xp_name(xp)} arrays; move it explicitly (varlearn.backend.to_device)"
+        )
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D array of length {n} (one per row of the features), "
+                         f"got shape {tuple(labels.shape)}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0, got a label {lo}")
+    if n_classes is not None and hi >= n_classes:
+        raise ValueError(f"{name} must lie in [0, n_classes) = [0, {n_classes}), got a label {hi}")
+    return labels.astype(xp.int64, copy=False), hi
+
+
+def _sq_spectral_norm(a):
+    """‖a‖₂² (largest eigenvalue of aᵀa, in float64, with a tiny upward slack), as a float."""
+    xp = get_namespace(a)
+    a64 = a.astype(xp.float64, copy=False)
+    gram = a64.T @ a64
+    lam = float(xp.linalg.eigvalsh(gram)[-1])
+    return max(lam, 0.0) * (1.0 + _EIG_SLACK)
+
+
+def _softmax_ce(features, labels, w, rows):
+    """Mean cross-entropy of ``features @ w`` against ``labels`` and the row softmax S.
+
+    Stable: the row maximum is subtracted before exponentiating.
+    """
+    xp = get_namespace(features, w)
+    z = features @ w
+    zmax = z.max(axis=1, keepdims=True)
+    e = xp.exp(z - zmax)
+    s_sum = e.sum(axis=1, keepdims=True)
+    lse = zmax[:, 0] + xp.log(s_sum[:, 0])
+    ce = xp.mean(lse - z[rows, labels])
+    s = e / s_sum
+    return ce, s
+
+
+def _ce_grad_from_softmax(features, labels, s, rows):
+    """Aᵀ(S − Y)/n without forming Y (S is overwritten)."""
+    s[rows, labels] -= 1.0
+    return (features.T @ s) / features.shape[0]
+
+
+def _check_w(w, shape, name="x"):
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(w.shape)}")
+
+
+# ---------------------------------------------------------------------- lower level
+class MultinomialLogisticProblem(LowerProblem):
+    r"""Ridge-regularised multinomial logistic regression (lower level of the MNIST experiment).
+
+    .. math:: h(W, \theta) = \frac1n\sum_i -\log \operatorname{softmax}(A W)_{i, y_i}
+              + \tfrac12 \sum e^{\theta} \odot W^2
+
+    Parameters
+    ----------
+    features : array of shape (n, d)
+        Training features ``A`` (NumPy or CuPy).  float32 / float64 are kept;
+        integers become float64 **without** rescaling.  Must be finite.
+    labels : integer array of shape (n,)
+        Class of each row, in ``[0, n_classes)``; same namespace as ``features``.
+    n_classes : int >= 2
+    ridge_shape : None
+        Reserved; only the per-weight ridge (θ of length ``d * n_classes``) is
+        implemented, and any other value raises ``ValueError``.
+
+    Notes
+    -----
+    ``x`` is the weight matrix ``W`` of shape ``(d, n_classes)``; θ is the
+    vector of log ridge weights flattened row-major, so ``theta.reshape(d,
+    n_classes)`` pairs with ``W``.  Derivatives, with ``S`` the row softmax of
+    ``AW`` and ``Y`` the one-hot labels:
+
+    * ∇ₓh = Aᵀ(S − Y)/n + e^θ ⊙ W;
+    * ∇²ₓₓh V = Aᵀ[S ⊙ (AV) − S ⊙ rowsum(S ⊙ (AV))]/n + e^θ ⊙ V;
+    * (∂θ∇ₓh)ᵀ w = e^θ ⊙ W ⊙ w (flattened).
+
+    ``hvp`` keeps the softmax of the last point it saw (a copy of ``W`` is
+    compared, entry by entry, before reuse), so a run of Hessian products at
+    one point (conjugate gradients) costs one product with ``A`` and one with
+    ``Aᵀ`` each instead of two and one.
+    """
+
+    def __init__(self, features, labels, n_classes, ridge_shape=None):
+        if ridge_shape is not None:
+            raise ValueError(f"ridge_shape must be None (one ridge weight per coefficient), got {ridge_shape!r}")
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (numbers.Integral, np.integer)):
+            raise TypeError(f"n_classes must be an integer, got {n_classes!r}")
+        n_classes = check_int(n_classes, "n_classes", minimum=2)
+        a = _as_features(features, "features")
+        self._set_data(a)
+        xp = self.xp
+        n, d = a.shape
+        y, _ = _as_labels(labels, n, xp, "labels", n_classes)
+        self.features = a
+        self.labels = y
+        self.n_samples = int(n)
+        self.n_features = int(d)
+        self.n_classes = int(n_classes)
+        self.dtype = a.dtype
+        self.x_shape = (int(d), int(n_classes))
+        self.n_params = int(d) * int(n_classes)
+        self._rows = xp.arange(n)
+        # ‖A‖₂² and max_i ‖a_i‖, once (d×d eigenproblem, float64)
+        self._a_norm_sq = _sq_spectral_norm(a)
+        a64 = a.astype(xp.float64, copy=False)
+        self._max_row_norm = math.sqrt(float((a64 * a64).sum(axis=1).max())) * (1.0 + _EIG_SLACK)
+        self._cache_w = None
+        self._cache_s = None
+
+    # ------------------------------------------------------------------ θ
+    def _default_params(self, rng):  # noqa: ARG002
+        # the paper starts every log ridge weight at -3
+        return np.full(self.n_params, -3.0)
+
+    def param_layout(self):
+        """Blocks of θ: a single block of log ridge weights."""
+        return [("log_ridge", slice(0, self.n_params))]
+
+    def _ridge(self, theta):
+        """e^θ reshaped like W, in the data dtype."""
+        if theta.ndim != 1 or theta.shape[0] != self.n_params:
+            raise ValueError(f"theta must be a 1-D array of length {self.n_params}, got shape {tuple(theta.shape)}")
+        return self.xp.exp(theta).astype(self.dtype, copy=False).reshape(self.x_shape)
+
+    def _exp_range(self, theta):
+        self.check_theta(theta)
+        xp = self.xp
+        e = xp.exp(theta.astype(xp.float64, copy=False))
+        return float(e.min()), float(e.max())
+
+    # ------------------------------------------------------------------ derivatives
+    def value(self, x, theta):
+        _check_w(x, self.x_shape)
+        lam = self._ridge(theta)
+        ce, _ = _softmax_ce(self.features, self.labels, x, self._rows)
+        return ce + 0.5 * self.xp.sum(lam * x * x)
+
+    def grad(self, x, theta):
+        _check_w(x, self.x_shape)
+        lam = self._ridge(theta)
+        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
+        return _ce_grad_from_softmax(self.features, self.labels, s, self._rows) + lam * x
+
+    def _softmax_at(self, x):
+        xp = self.xp
+        if (self._cache_w is not None and self._cache_w.dtype == x.dtype
+                and bool(xp.array_equal(self._cache_w, x))):
+            return self._cache_s
+        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
+        self._cache_w = x.copy()
+        self._cache_s = s
+        return s
+
+    def hvp(self, x, theta, v):
+        _check_w(x, self.x_shape)
+        _check_w(v, self.x_shape, "v")
+        lam = self._ridge(theta)
+        s = self._softmax_at(x)
+        sp = s * (self.features @ v)
+        t = sp - s * sp.sum(axis=1, keepdims=True)
+        return (self.features.T @ t) / self.n_samples + lam * v
+
+    def mixed_vjp(self, x, theta, w):
+        _check_w(x, self.x_shape)
+        _check_w(w, self.x_shape, "w")
+        lam = self._ridge(theta)
+        return (lam * x * w).reshape(-1).astype(theta.dtype, copy=False)
+
+    # ------------------------------------------------------------------ constants
+    def strong_convexity(self, theta):
+        # CE is convex in W (log-sum-exp of linear maps minus a linear term) and the
+        # ridge term has Hessian diag(e^θ): μ = min e^θ.
+        return self._exp_range(theta)[0]
+
+    def lipschitz(self, theta):
+        # Hessian of CE: (1/n) Σ_i (a_i a_iᵀ) ⊗ (diag(s_i) − s_i s_iᵀ).  For u = Vᵀa_i,
+        # uᵀ(diag(s) − ssᵀ)u is the variance of u's entries under the distribution s,
+        # at most (max u − min u)²/4 ≤ ‖u‖²/2 (Popoviciu; (u_k − u_l)² ≤ 2‖u‖²).  Summing,
+        # ⟨V, ∇²CE V⟩ ≤ ‖AV‖_F²/(2n) ≤ ½‖A‖₂²‖V‖²/n.
+        return 0.5 * self._a_norm_sq / self.n_samples + self._exp_range(theta)[1]
+
+    def hessian_lipschitz(self, theta):  # noqa: ARG002
+        # The ridge term is quadratic; only CE has a third derivative.  For one row,
+        # D³lse(z)[a, b, b] = E_s[(a − ā)(b − b̄)²] (third cumulant of the softmax
+        # distribution s), so |D³lse[a, b, b]| ≤ max_k|a_k − ā| · Var_s(b)
+        #   ≤ (√2‖a‖) · (‖b‖²/2) = ‖a‖‖b‖²/√2.
+        # With a = Dᵀa_i, b = Vᵀa_i and averaging over rows:
+        # |D³CE[D, V, V]| ≤ (1/(√2 n)) Σ_i ‖Dᵀa_i‖‖Vᵀa_i‖² ≤ max_i‖a_i‖‖D‖ ‖AV‖_F² /(√2 n)
+        #   ≤ max_i‖a_i‖ ‖A‖₂² ‖D‖‖V‖² /(√2 n),
+        # which bounds ‖∇²h(W + D) − ∇²h(W)‖ / ‖D‖ by the mean value theorem.
+        return self._max_row_norm * self._a_norm_sq / (math.sqrt(2.0) * self.n_samples)
+
+    def mixed_lipschitz(self, theta):
+        # J(W) = ∂θ∇ₓh = diag(e^θ ⊙ W) is linear in W with ‖J(W) − J(W')‖ ≤ max e^θ ‖W − W'‖.
+        return self._exp_range(theta)[1]
+
+    def mixed_norm_bound(self, x, theta):
+        # J is diagonal: its norm is the largest |e^θ ⊙ W|.
+        _check_w(x, self.x_shape)
+        lam = self._ridge(theta)
+        return float(self.xp.abs(lam * x).max())
+
+    def describe(self, theta):
+        lo, hi = self._exp_range(theta)
+        return {"n_params": self.n_params, "ridge_min": lo, "ridge_max": hi}
+
+    def __repr__(self):
+        return (f"MultinomialLogisticProblem(n_samples={self.n_samples}, n_features={self.n_features}, "
+                f"n_classes={self.n_classes}, backend={self.backend!r})")
+
+
+# ---------------------------------------------------------------------- upper level
+class CrossEntropy(UpperLoss):
+    r"""Mean cross-entropy on validation data: :math:`U(W) = \mathrm{CE}(A_{val} W, y_{val})`.
+
+    Parameters
+    ----------
+    features : array of shape (n_val, d)
+    labels : integer array of shape (n_val,)
+    n_classes : int >= 2, optional
+        Number of columns of ``W``.  When omitted, any ``W`` with more columns
+        than the largest label is accepted.
+
+    ``lipschitz()`` = ½‖A_val‖₂²/n_val (see
+    :meth:`MultinomialLogisticProblem.lipschitz`); convex.
+    """
+
+    convex = True
+
+    def __init__(self, features, labels, n_classes=None):
+        if n_classes is not None:
+            if isinstance(n_classes, bool) or not isinstance(n_classes, (numbers.Integral, np.integer)):
+                raise TypeError(f"n_classes must be an integer, got {n_classes!r}")
+            n_classes = check_int(n_classes, "n_classes", minimum=2)
+        a = _as_features(features, "features")
+        xp = get_namespace(a)
+        y, hi = _as_labels(labels, a.shape[0], xp, "labels", n_classes)
+        self.features = a
+        self.labels = y
+        self.n_samples = int(a.shape[0])
+        self.n_features = int(a.shape[1])
+        self.n_classes = n_classes
+        self._min_classes = max(hi + 1, 2)
+        self._rows = xp.arange(a.shape[0])
+        self._a_norm_sq = _sq_spectral_norm(a)
+
+    def _check(self, x):
+        if x.ndim != 2 or x.shape[0] != self.n_features:
+            raise ValueError(f"x must have shape ({self.n_features}, n_classes), got shape {tuple(x.shape)}")
+        if self.n_classes is not None and x.shape[1] != self.n_classes:
+            raise ValueError(f"x must have shape ({self.n_features}, {self.n_classes}), got shape {tuple(x.shape)}")
+        if x.shape[1] < self._min_classes:
+            raise ValueError(f"x has {x.shape[1]} columns but the labels go up to {self._min_classes - 1}")
+
+    def value(self, x):
+        self._check(x)
+        ce, _ = _softmax_ce(self.features, self.labels, x, self._rows)
+        return ce
+
+    def grad(self, x):
+        self._check(x)
+        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
+        return _ce_grad_from_softmax(self.features, self.labels, s, self._rows)
+
+    def lipschitz(self):
+        return 0.5 * self._a_norm_sq / self.n_samples
+
+    def accuracy(self, x):
+        """Fraction of validation rows whose largest score ``(A_val W)_i`` is at the true label."""
+        self._check(x)
+        xp = get_namespace(self.features, x)
+        pred = xp.argmax(self.features @ x, axis=1)
+        return float(xp.mean((pred == self.labels).astype(xp.float64)))
+
+    def __repr__(self):
+        return f"CrossEntropy(n_samples={self.n_samples}, n_features={self.n_features})"
