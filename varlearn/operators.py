@@ -122,7 +122,4 @@ class FiniteDifference(LinearOperator):
 
 
 # FilterBank is defined in its own module and re-exported here.
-try:  # pragma: no cover - resolved at import time
-    from ._filterbank import FilterBank  # noqa: E402,F401
-except ImportError:  # the module is added by the Field-of-Experts work
-    FilterBank = None
+from ._filterbank import FilterBank  # noqa: E402,F401

@@ -24,7 +24,8 @@ STATUS_MESSAGES = {
     "callback_stop": "the callback raised StopIteration",
     "budget_exhausted": "the total cost budget was used up",
     "time_limit": "the wall-time limit was reached",
-    "accuracy_floor": "the accuracy reached its floor without certifying a descent direction",
+    "accuracy_floor": "the accuracy reached its floor before the error bound certified a descent "
+    "direction: the hypergradient is at the level of its attainable error (stationary point)",
     "gradient_tol": "the norm of the hypergradient is below the tolerance",
 }
 

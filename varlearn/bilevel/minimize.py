@@ -40,8 +40,10 @@ class BilevelResult(Result):
     :data:`HISTORY_FIELDS`), ``method``, ``options``.
 
     ``success`` is True when the run ended on a limit the user set
-    (``maxiter``, ``budget_exhausted``, ``time_limit``) or on ``gradient_tol``,
-    and False on ``linesearch_failed``, ``accuracy_floor`` or ``callback_stop``.
+    (``maxiter``, ``budget_exhausted``, ``time_limit``), on ``gradient_tol``, or
+    on ``accuracy_floor`` (the hypergradient is so small that no accuracy above
+    the floor certifies it: θ is stationary to the attainable accuracy), and
+    False on ``linesearch_failed`` or ``callback_stop``.
     """
 
     def history_column(self, name):
@@ -430,7 +432,7 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
     saved_opts = None
     if resume is not None:
         meta, _ = load_checkpoint(resume)
-        saved_opts = {k: (_from_json_float(v) if isinstance(v, (str, type(None))) and k in _FLOATY else v)
+        saved_opts = {k: (_from_json_float(v) if isinstance(v, str) and v in ("inf", "-inf") else v)
                       for k, v in meta.get("options", {}).items()}
         if method != meta.get("method"):
             raise CheckpointError(f"checkpoint {str(resume)!r} is a {meta.get('method')!r} run, "
@@ -470,7 +472,7 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
     if checkpoint is not None:
         run.save(checkpoint)
     fun, lo, up = run.last if run.last is not None else (math.nan,) * 3
-    success = status in ("maxiter", "gradient_tol", "budget_exhausted", "time_limit")
+    success = status in ("maxiter", "gradient_tol", "budget_exhausted", "time_limit", "accuracy_floor")
     x_final = run.x_current if run.x_current is not None else run.x_warm
     return BilevelResult(
         theta=run.theta, fun=fun, fun_bounds=(lo, up), x=x_final, nit=run.k, status=status,
@@ -478,5 +480,3 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
         wall_time=run.elapsed, history=run.history, method=method, options=opts,
     )
 
-
-_FLOATY = {"budget", "time_limit", "eps0", "delta0", "step0", "gtol"}

@@ -1,10 +1,6 @@
 """Regularizers: the :class:`Regularizer` protocol and the built-in models."""
 from .base import PotentialRegularizer, Regularizer, SumRegularizer, Tikhonov
+from .foe import FieldOfExperts
 from .tv import TotalVariation
-
-try:
-    from .foe import FieldOfExperts
-except ImportError:  # pragma: no cover - added by the Field-of-Experts work
-    FieldOfExperts = None
 
 __all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation", "FieldOfExperts"]

@@ -1,0 +1,215 @@
+"""minimize_bilevel: MAID, fixed accuracy, HOAG, certified decrease, checkpoints, options."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import varlearn as vl
+from varlearn.bilevel import CheckpointError, HISTORY_FIELDS, history_to_csv, load_checkpoint
+
+
+def well_conditioned_quadratic(seed=0, m=120, n=8):
+    """A quadratic bilevel problem whose f(theta) has condition number 9 (fast to solve exactly)."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((m, 2 * n)))
+    A2 = Q[:, :n]
+    A1 = Q[:, n:] + 0.3 * Q[:, :n]
+    R, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A3 = A2 @ np.diag(np.linspace(1, 3, n)) @ R
+    prob = vl.QuadraticProblem(A2, A3, rng.standard_normal(m))
+    U = vl.LeastSquares(A1, rng.standard_normal(m))
+    return prob, U, np.ones(n)
+
+
+def tv_problem(seed=3, n=3, size=16, iso=False):
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    clean = np.stack([((xx > 0.3 + 0.1 * k) * 0.6 + (yy > 0.5) * 0.3) for k in range(n)])
+    noisy = clean + 0.1 * rng.randn(*clean.shape)
+    return vl.DenoisingProblem(noisy, vl.TotalVariation(isotropic=iso)), vl.SquaredError(clean)
+
+
+@pytest.mark.parametrize("eps0", [1e-1, 1e-3, 1e-5])
+def test_maid_reaches_the_closed_form_optimum(eps0):
+    prob, U, theta0 = well_conditioned_quadratic()
+    theta_star, f_star = prob.optimal_theta(U)
+    res = vl.minimize_bilevel(prob, U, theta0, "maid",
+                              options={"eps0": eps0, "delta0": eps0, "nu_inc": 1.25, "max_iter": 400})
+    assert res.success, res.message
+    assert np.linalg.norm(res.theta - theta_star) <= 1e-4
+    assert res.fun == pytest.approx(f_star, abs=1e-7)
+    eps = res.history_column("eps")
+    assert np.any(np.diff(eps) > 0) and np.any(np.diff(eps) < 0)  # adapted, not monotone
+
+
+def test_fixed_large_accuracy_stalls_and_hoag_runs():
+    prob, U, theta0 = well_conditioned_quadratic()
+    theta_star, f_star = prob.optimal_theta(U)
+    fixed = vl.minimize_bilevel(prob, U, theta0, "fixed", options={"eps0": 1e-1, "delta0": 1e-1, "max_iter": 400})
+    assert np.linalg.norm(fixed.theta - theta_star) > 1e-2
+    assert fixed.fun > f_star + 1e-4
+    maid = vl.minimize_bilevel(prob, U, theta0, "maid", options={"eps0": 1e-1, "delta0": 1e-1, "max_iter": 400})
+    assert maid.fun < fixed.fun
+    for decay in ("geometric", "quadratic", "cubic"):
+        h = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": decay, "max_iter": 30})
+        assert h.nit == 30 and h.status == "maxiter"
+        assert len(h.history) == 31 and np.all(np.isfinite(h.history_column("fun")))
+    geo = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": "geometric", "max_iter": 100})
+    assert geo.fun < geo.history[0]["fun"]
+
+
+def test_every_accepted_maid_step_is_a_certified_decrease():
+    prob, U = tv_problem()
+    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"max_iter": 12})
+    assert res.nit == 12
+
+    thetas = []
+
+    def record(r):
+        thetas.append(np.array(r.theta))
+
+    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"max_iter": 12}, callback=record)
+    f_tight = []
+    x = None
+    for th in [np.array([-5.0, -5.0])] + thetas:
+        sol = vl.solve_lower(prob, th, 1e-10, x0=x)
+        x = sol.x
+        f_tight.append(float(U.value(x)))
+    accepted = [row["accepted"] for row in res.history[1:]]
+    for k, acc in enumerate(accepted):
+        if acc:
+            assert f_tight[k + 1] < f_tight[k]
+        else:
+            assert f_tight[k + 1] == f_tight[k]
+    # the history's bounds sandwich the tight values
+    for row, f in zip(res.history[1:], f_tight[1:]):
+        assert row["fun_lower"] - 1e-12 <= f <= row["fun_upper"] + 1e-12
+
+
+def test_history_and_result_fields(tmp_path):
+    prob, U = tv_problem()
+    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 3})
+    for key in ("theta", "fun", "nit", "status", "message", "success", "n_lower_iter", "n_cg_iter", "wall_time",
+                "history"):
+        assert key in res
+    assert len(res.history) == 4 and res.history[0]["iter"] == 0 and res.history[-1]["iter"] == 3
+    assert set(HISTORY_FIELDS) <= set(res.history[-1])
+    cost = res.history_column("cost")
+    assert np.all(np.diff(cost) > 0) and cost[-1] == res.n_lower_iter + res.n_cg_iter
+    text = history_to_csv(res.history, tmp_path / "h.csv")
+    assert (tmp_path / "h.csv").read_text() == text and text.splitlines()[0].split(",") == list(HISTORY_FIELDS)
+
+
+@pytest.mark.parametrize("method", ["maid", "fixed", "hoag"])
+def test_resume_gives_the_same_theta(method, tmp_path):
+    prob, U = tv_problem()
+    theta0 = np.array([-4.5, -4.5])
+    extra = {"eps0": 1e-4, "delta0": 1e-4} if method == "fixed" else {}
+    opts = {"max_iter": 8, **extra}
+    full = vl.minimize_bilevel(prob, U, theta0, method, options=opts)
+    ck = tmp_path / "run.npz"
+    part = vl.minimize_bilevel(prob, U, theta0, method, options={"max_iter": 3, **extra}, checkpoint=ck)
+    assert part.nit == 3
+    rest = vl.minimize_bilevel(prob, U, theta0, method, options=opts, resume=ck)
+    assert rest.nit == full.nit
+    np.testing.assert_allclose(rest.theta, full.theta, rtol=0, atol=1e-10)
+    assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
+    assert len(rest.history) == len(full.history)
+
+
+def test_callback_stop_and_stop_after_k_equals_maxiter():
+    prob, U = tv_problem()
+    theta0 = np.array([-4.0, -4.0])
+
+    def stop_at_2(r):
+        if r.nit == 2:
+            raise StopIteration
+
+    a = vl.minimize_bilevel(prob, U, theta0, callback=stop_at_2, options={"max_iter": 10})
+    b = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2})
+    assert a.status == "callback_stop" and not a.success
+    assert b.status == "maxiter" and b.success
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.fun == b.fun and a.nit == b.nit == 2
+
+
+def test_budget_and_time_limits():
+    prob, U = tv_problem()
+    theta0 = np.array([-4.0, -4.0])
+    r = vl.minimize_bilevel(prob, U, theta0, options={"budget": 150})
+    assert r.status == "budget_exhausted"
+    r = vl.minimize_bilevel(prob, U, theta0, options={"time_limit": 1e-9})
+    assert r.status == "time_limit"
+    r = vl.minimize_bilevel(prob, U, theta0, options={"gtol": 1e6})
+    assert r.status == "gradient_tol" and r.nit == 0
+
+
+def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path):
+    prob, U = tv_problem()
+    theta0 = np.array([-4.0, -4.0])
+    ck = tmp_path / "run.npz"
+    vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2}, checkpoint=ck)
+    meta, arrays = load_checkpoint(ck)
+    assert meta["k"] == 2 and "theta" in arrays
+    data = ck.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        vl.minimize_bilevel(prob, U, theta0, resume=tmp_path / "trunc.npz")
+    bad = bytearray(data)
+    i = len(bad) // 3
+    bad[i:i + 8] = bytes(255 - b for b in bad[i:i + 8])
+    (tmp_path / "bad.npz").write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        vl.minimize_bilevel(prob, U, theta0, resume=tmp_path / "bad.npz")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vl.minimize_bilevel(prob, U, theta0, resume=tmp_path / "missing.npz")
+    with pytest.raises(CheckpointError, match="'maid' run, not 'hoag'"):
+        vl.minimize_bilevel(prob, U, theta0, method="hoag", resume=ck)
+    other, U2 = tv_problem(size=12)
+    with pytest.raises(CheckpointError, match="x_shape"):
+        vl.minimize_bilevel(other, U2, theta0, resume=ck)
+    # the original is untouched and still loads
+    assert ck.read_bytes() == data
+
+
+def test_checkpoint_has_no_pickle(tmp_path):
+    prob, U = tv_problem()
+    ck = tmp_path / "run.npz"
+    vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 1}, checkpoint=ck)
+    with np.load(ck, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"][()]))
+        assert all(z[k].dtype != object for k in z.files)
+    assert meta["method"] == "maid" and len(meta["history"]) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"eps0": -1.0}, "'eps0'"),
+    ({"delta0": 0}, "'delta0'"),
+    ({"rho": 1.5}, "'rho'"),
+    ({"rho": 0.0}, "'rho'"),
+    ({"nu": 1.0}, "'nu'"),
+    ({"nu_inc": 0.5}, "'nu_inc'"),
+    ({"max_iter": 0}, "'max_iter'"),
+    ({"max_iter": 2.5}, "'max_iter'"),
+    ({"bound": "yes"}, "'bound'"),
+    ({"armijo": 1e-3}, "'armijo'"),
+    ({"not_an_option": 1}, "unknown option 'not_an_option'"),
+])
+def test_bad_options_raise(options, match):
+    prob, U = tv_problem()
+    with pytest.raises(ValueError, match=match):
+        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options=options)
+
+
+def test_bad_method_and_theta():
+    prob, U = tv_problem()
+    with pytest.raises(ValueError, match="method must be one of"):
+        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), method="adam")
+    with pytest.raises(ValueError, match="theta0 must be a 1-D array of length 2"):
+        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0, 1.0]))
+    with pytest.raises(ValueError, match="theta0 contains NaN"):
+        vl.minimize_bilevel(prob, U, np.array([-4.0, np.nan]))
+    with pytest.raises(ValueError, match="'decay'"):
+        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), method="hoag", options={"decay": "linear"})

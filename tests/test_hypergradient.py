@@ -1,0 +1,106 @@
+"""Hypergradients against finite differences, and the error bound against the truth."""
+import numpy as np
+import pytest
+
+import varlearn as vl
+from varlearn.hypergradient import hypergradient
+from varlearn.problems import make_paper_quadratic
+from varlearn.testing import check_hypergradient
+
+
+def _denoising(rng, reg, n=2, h=10, w=11):
+    clean = rng.rand(n, h, w)
+    noisy = clean + 0.1 * rng.randn(n, h, w)
+    return vl.DenoisingProblem(noisy, reg), vl.SquaredError(clean)
+
+
+@pytest.mark.parametrize("iso", [True, False])
+def test_tv_hypergradient_matches_finite_differences(iso, rng):
+    prob, U = _denoising(rng, vl.TotalVariation(isotropic=iso))
+    for theta in ([-2.5, -3.0], [-1.5, -4.0]):
+        rep = check_hypergradient(prob, U, np.array(theta), rng=rng)
+        assert rep.ok, rep
+
+
+def test_foe_hypergradient_matches_finite_differences(rng):
+    reg = vl.FieldOfExperts(n_filters=2, size=3, rng=np.random.RandomState(1))
+    prob, U = _denoising(rng, reg, n=1, h=9, w=9)
+    theta = reg.init_params() + 0.1 * rng.randn(reg.n_params)
+    rep = check_hypergradient(prob, U, theta, rng=rng, n_dirs=3)
+    assert rep.ok, rep
+
+
+def test_logistic_hypergradient_matches_finite_differences(rng):
+    A = rng.randn(60, 4)
+    y = rng.randint(0, 3, 60)
+    Av = rng.randn(30, 4)
+    yv = rng.randint(0, 3, 30)
+    prob = vl.MultinomialLogisticProblem(A, y, 3)
+    U = vl.CrossEntropy(Av, yv)
+    theta = -1.0 + 0.3 * rng.randn(12)
+    rep = check_hypergradient(prob, U, theta, rng=rng)
+    assert rep.ok, rep
+
+
+def test_quadratic_hypergradient_is_exact_in_the_limit():
+    prob, U, theta0 = make_paper_quadratic(m=100)
+    hg = hypergradient(prob, U, theta0, 1e-11, 1e-11)
+    exact = prob.exact_hypergradient(theta0, U)
+    np.testing.assert_allclose(hg.grad, exact, rtol=1e-7)
+
+
+def test_error_bound_holds_on_the_quadratic(rng):
+    prob, U, theta0 = make_paper_quadratic(m=200)
+    worst = 0.0
+    for _ in range(6):
+        theta = theta0 + rng.randn(theta0.size)
+        exact = prob.exact_hypergradient(theta, U)
+        for eps in (1e-1, 1e-3):
+            for delta in (1e-1, 1e-4):
+                hg = hypergradient(prob, U, theta, eps, delta)
+                assert hg.bound_exact
+                err = np.linalg.norm(hg.grad - exact)
+                assert err <= hg.error_bound, (eps, delta, err, hg.error_bound)
+                worst = max(worst, err / hg.error_bound)
+    assert worst > 1e-4  # the bound is not vacuous
+
+
+@pytest.mark.parametrize("iso", [True, False])
+def test_error_bound_holds_on_tv(iso, rng):
+    prob, U = _denoising(rng, vl.TotalVariation(isotropic=iso), n=2, h=12, w=12)
+    for theta in ([-2.0, -2.5], [-3.0, -4.5], [-1.0, -3.0]):
+        theta = np.array(theta)
+        ref = hypergradient(prob, U, theta, 1e-12, 1e-12, bound=False).grad
+        for eps in (1e-1, 1e-2, 1e-4):
+            for delta in (1e-1, 1e-3):
+                hg = hypergradient(prob, U, theta, eps, delta)
+                assert hg.bound_exact
+                assert np.linalg.norm(hg.grad - ref) <= hg.error_bound
+                assert hg.eps <= eps and hg.delta <= delta
+
+
+def test_bound_off_and_counts(rng):
+    prob, U = _denoising(rng, vl.TotalVariation())
+    hg = hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-3, 1e-3, bound=False)
+    assert np.isnan(hg.error_bound)
+    assert hg.n_lower_iter >= 1 and hg.n_cg_iter >= 1
+    assert hg.x.shape == prob.x_shape and hg.q.shape == prob.x_shape
+
+
+def test_estimated_bound_is_flagged(rng):
+    """A problem without Lipschitz constants gets an estimate, reported as not exact."""
+    reg = vl.FieldOfExperts(n_filters=2, size=3, rng=np.random.RandomState(1))
+    prob, U = _denoising(rng, reg, n=1, h=8, w=8)
+    hg = hypergradient(prob, U, reg.init_params(), 1e-3, 1e-3)
+    assert hg.bound_exact is False
+    assert np.isfinite(hg.error_bound) and hg.error_bound > 0
+
+
+def test_hypergradient_bad_input(rng):
+    prob, U = _denoising(rng, vl.TotalVariation())
+    with pytest.raises(ValueError, match="lower_tol"):
+        hypergradient(prob, U, np.array([-2.0, -3.0]), -1e-3, 1e-3)
+    with pytest.raises(ValueError, match="cg_tol"):
+        hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-3, 0.0)
+    with pytest.raises(ValueError, match="length 2"):
+        hypergradient(prob, U, np.array([-2.0, -3.0, 1.0]), 1e-3, 1e-3)
