@@ -24,7 +24,7 @@ REGULARIZERS = {
     "potential_huber_fd": lambda rng: (vl.PotentialRegularizer(FiniteDifference(), POTENTIALS["huber"]()),
                                        _theta(-1.0, -1.0)),
     "potential_student_fd": lambda rng: (vl.PotentialRegularizer(FiniteDifference(), POTENTIALS["log_student_t"]()),
-                                         _theta(-2.0, -1.0)),
+                                         _theta(-3.0, -0.5)),  # keeps 1/2|x-y|^2 + R strongly convex
     "potential_l1_identity": lambda rng: (vl.PotentialRegularizer(Identity(), POTENTIALS["smoothed_l1"]()),
                                           _theta(-1.0, -1.5)),
     "sum_tv_tikhonov": lambda rng: (vl.TotalVariation() + vl.Tikhonov(), _theta(-1.0, -2.0, -3.0)),

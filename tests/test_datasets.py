@@ -475,7 +475,8 @@ def test_mnist_structure_errors(tmp_path, monkeypatch):
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.arange(3, dtype=np.uint8), 0x08)))
     with pytest.raises(DataError, match="4 images but 3 labels"):
         ds.fashion_mnist(root=tmp_path, split="test")
-    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.array([1, 2, 3, 12], np.uint8), 0x08)))
+    bad_labels = _idx_bytes(np.array([1, 2, 3, 12], np.uint8), 0x08)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bad_labels))
     with pytest.raises(DataError, match="label 12 outside 0..9"):
         ds.fashion_mnist(root=tmp_path, split="test")
 
@@ -590,7 +591,8 @@ def test_kodak_download_corrupt_is_rejected(shared_kodak, tmp_path, serve):
     (served / "kodim01.png").write_bytes(bytes(data))
     url, requests = serve(served)
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=rf"kodim01\.png downloaded from .*: expected {ds.KODAK_SHA256['kodim01.png']}, got {_sha(bytes(data))}"):
+    want = rf"kodim01\.png downloaded from .*: expected {ds.KODAK_SHA256['kodim01.png']}, got {_sha(bytes(data))}"
+    with pytest.raises(DataError, match=want):
         ds.kodak(indices=[0], cache_dir=cache, base_url=url)
     assert requests == ["/kodim01.png"]
     assert _files_under(cache) == []
@@ -598,7 +600,8 @@ def test_kodak_download_corrupt_is_rejected(shared_kodak, tmp_path, serve):
 
 def test_download_offline_message(tmp_path, closed_port_url):
     cache = tmp_path / "cache"
-    with pytest.raises(DownloadError, match=r"could not download Kodak file kodim03\.png.*root=.*--data-dir.*VARLEARN_DATA"):
+    want = r"could not download Kodak file kodim03\.png.*root=.*--data-dir.*VARLEARN_DATA"
+    with pytest.raises(DownloadError, match=want):
         ds.kodak(indices=[2], cache_dir=cache, base_url=closed_port_url)
     with pytest.raises(DownloadError, match=r"MNIST file t10k-images-idx3-ubyte\.gz"):
         ds.mnist(split="test", cache_dir=cache, base_url=closed_port_url)

@@ -232,7 +232,7 @@ def test_checker_requires_float64(rng):
 @pytest.mark.parametrize("name", sorted(REGULARIZERS))
 def test_denoising_problem_derivatives(name, xp, rng):
     reg, theta = REGULARIZERS[name](np.random.RandomState(5))
-    noisy = xp.asarray(rng.rand(2, 7, 8))
+    noisy = xp.asarray(rng.rand(2, 9, 10))
     prob = vl.DenoisingProblem(noisy, reg)
     theta = _theta(reg, theta, rng, xp)
     rep = check_problem(prob, theta, rng=rng)

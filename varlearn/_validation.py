@@ -42,9 +42,10 @@ def check_array(a, name, xp=None, ndim=None, shape=None, finite=True):
     """Check that ``a`` is a real floating array of the expected namespace and shape."""
     if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    if xp is not None and xp_name(get_namespace(a)) != xp_name(xp):
+    kind = "cupy" if is_cupy_array(a) else "numpy"
+    if xp is not None and kind != xp_name(xp):
         raise TypeError(
-            f"{name} is a {xp_name(get_namespace(a))} array but the problem's data "
+            f"{name} is a {kind} array but the problem's data "
             f"are {xp_name(xp)} arrays; move it explicitly (varlearn.backend.to_device)"
         )
     if a.dtype.kind != "f":

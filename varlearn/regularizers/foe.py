@@ -223,8 +223,9 @@ class FieldOfExperts(Regularizer):
         self._check_theta(theta)
         xp = get_namespace(x, theta)
         s = self.size
-        if x.ndim < 2 or x.shape[-2] < s + 1 or x.shape[-1] < s + 1:
-            raise ValueError(f"x must have shape (..., H, W) with H, W >= {s + 1} for {s}x{s} filters, "
+        c = s // 2
+        if x.ndim < 2 or x.shape[-2] < c + 1 or x.shape[-1] < c + 1:
+            raise ValueError(f"x must have shape (..., H, W) with H, W >= {c + 1} for {s}x{s} filters, "
                              f"got shape {tuple(x.shape)}")
         k = self.n_filters
         lam0 = xp.exp(theta[0])

@@ -1,0 +1,59 @@
+"""Smoke test of ``scripts/benchmark_lower.py`` (tiny sizes; no timing is asserted)."""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "benchmark_lower.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("benchmark_lower", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _times(node):
+    """Every number stored under a ``times`` key, anywhere in the JSON tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "times":
+                for t in v.values():
+                    yield from (x for x in t.values() if isinstance(x, (int, float)))
+            else:
+                yield from _times(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _times(v)
+
+
+def test_benchmark_quick_numpy(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    mod = _load()
+    assert mod.main(["--quick", "--backend", "numpy", "--repeat", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Exponent" in printed and "tv_aniso" in printed
+    data = json.loads(out.read_text())
+    tv = [r for r in data["results"] if r["model"].startswith("tv")]
+    # two TV forms x two sizes x two dtypes, NumPy only
+    assert len(tv) == 8
+    assert {r["backend"] for r in tv} == {"numpy"}
+    for r in tv:
+        for key in ("copy", "grad", "hvp", "fista_step", "fista_iter", "fista_iter_ref", "grad_ref"):
+            assert key in r["times"]
+        assert r["fista_iterations"] > 1
+        assert r["peak_memory_stacks"] > 0
+    times = list(_times(data["results"]))
+    assert len(times) >= 8 * 7
+    assert all(math.isfinite(t) and t > 0 for t in times)
+    assert len(data["exponents"]) == 4
+    assert all(math.isfinite(f["fista_step"]) for f in data["exponents"])
+
+
+def test_benchmark_rejects_unknown_backend():
+    mod = _load()
+    with pytest.raises(SystemExit):
+        mod.main(["--backend", "tpu"])
