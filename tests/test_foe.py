@@ -130,20 +130,53 @@ def test_filterbank_tap_vjp(xp, rng, blocks):
     assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + 1.0)
 
 
-@pytest.mark.parametrize("s", [3, 5, 7])
-def test_filterbank_norm_bound(rng, s):
-    shape = (s + 1, s + 2)
+@pytest.mark.parametrize("s", [1, 3, 5, 7])
+@pytest.mark.parametrize("hw", [(0, 1), (2, 5), (5, 6)], ids=["smallest", "small", "medium"])
+def test_reflect_pad_and_fold(rng, s, hw):
+    p = s // 2
+    shape = (2, p + 1 + hw[0], p + 1 + hw[1])
+    x = rng.standard_normal(shape)
+    xpad = fbmod.reflect_pad(x, p)
+    np.testing.assert_array_equal(xpad, np.pad(x, ((0, 0), (p, p), (p, p)), mode="reflect"))
+    z = rng.standard_normal(xpad.shape)
+    lhs = np.vdot(xpad, z)
+    rhs = np.vdot(x, fbmod.fold_pad(z.copy(), p))
+    assert abs(lhs - rhs) <= 1e-12 * np.linalg.norm(z) * np.linalg.norm(xpad)
+
+
+@pytest.mark.parametrize("s", [1, 3, 5, 7])
+@pytest.mark.parametrize("hw", [(0, 1), (2, 3), (8, 9)], ids=["smallest", "small", "large"])
+def test_filterbank_norm_bound(rng, s, hw):
+    p = s // 2
+    shape = (p + 1 + hw[0], p + 1 + hw[1])
     filters = rng.standard_normal((3, s, s))
+    filters[2] -= filters[2].mean()
     bank = FilterBank(filters)
     per = to_numpy(bank.filter_norm_bounds())
     assert per.shape == (3,)
+    mats = [_dense(lambda z, i=i: FilterBank(filters[i:i + 1]).apply(z), shape) for i in range(3)]
     for i in range(3):
-        a = _dense(lambda z, i=i: FilterBank(filters[i:i + 1]).apply(z), shape)
-        true = np.linalg.norm(a, 2)
-        assert true <= per[i] * (1 + 1e-12)
+        assert np.linalg.norm(mats[i], 2) <= per[i] * (1 + 1e-12)
         assert per[i] <= 2 * np.abs(filters[i]).sum() * (1 + 1e-12)
-    a = _dense(bank.apply, shape)
-    assert np.linalg.norm(a, 2) <= bank.norm_bound() * (1 + 1e-12)
+    assert np.linalg.norm(_dense(bank.apply, shape), 2) <= bank.norm_bound() * (1 + 1e-12)
+    w = rng.rand(3)
+    gram = sum(wi * a.T @ a for wi, a in zip(w, mats))
+    assert np.linalg.norm(gram, 2) <= fbmod.weighted_gram_bound(filters, w) * (1 + 1e-12)
+    assert fbmod.weighted_gram_bound(filters, w) <= np.sum(w * per ** 2) * (1 + 1e-12)
+
+
+def test_filterbank_norm_bound_is_close_for_random_filters(rng):
+    # zero-mean random 7x7 filters: the true norm is about sup|k^|; the bound is within 2.2x
+    f = rng.standard_normal((1, 7, 7))
+    f -= f.mean()
+    bank = FilterBank(f)
+    v = rng.standard_normal((40, 40))
+    for _ in range(100):
+        v = bank.adjoint(bank.apply(v))
+        v /= np.linalg.norm(v)
+    true = math.sqrt(np.linalg.norm(bank.adjoint(bank.apply(v))))
+    assert true <= bank.norm_bound() <= 2.2 * true
+    assert bank.norm_bound() < 0.5 * (2 * np.abs(f).sum())
 
 
 def test_filterbank_norm_bound_is_tight_for_a_corner_tap():
@@ -163,8 +196,8 @@ def test_filterbank_bad_input():
     with pytest.raises(ValueError, match="filters"):
         FilterBank(np.zeros((0, 3, 3)))
     bank = FilterBank(np.ones((2, 5, 5)))
-    with pytest.raises(ValueError, match="at least 6x6"):
-        bank.apply(np.zeros((5, 8)))
+    with pytest.raises(ValueError, match="at least 3x3"):
+        bank.apply(np.zeros((2, 8)))
     with pytest.raises(ValueError, match="u must have shape"):
         bank.adjoint(np.zeros((3, 8, 8)))
     with pytest.raises(TypeError, match="x must be"):
@@ -334,15 +367,14 @@ def _power_max_eig(hvp, shape, rng, n_iter=200):
 def test_foe_lipschitz_bounds_hessian(rng, size):
     reg = vl.FieldOfExperts(n_filters=3, size=size, rng=rng)
     theta = _theta(reg, rng, scale=0.5)
-    shape = (2, size + 3, size + 2)
+    shape = (2, size // 2 + 2, size + 2)
     bound = reg.lipschitz(theta)
     for x in (rng.rand(*shape), 1e-3 * rng.rand(*shape)):  # tiny x: near the curvature maximum
         est = _power_max_eig(lambda v, x=x: reg.hvp(x, theta, v), shape, rng)
         assert 0 < est <= bound
-    # the bound is the weighted sum of (filter norm bound)^2 / nu
-    lam0, lam, nu = math.exp(theta[0]), np.exp(theta[1:4]), np.exp(theta[4:7])
-    b = to_numpy(FilterBank(theta[7:].reshape(3, size, size)).filter_norm_bounds())
-    assert bound == pytest.approx(lam0 * np.sum(lam * b * b / nu), rel=1e-12)
+    # the bound is the weighted Gram bound with weights e^{θ0+θi} / nu_i
+    lam, nu = np.exp(theta[0] + theta[1:4]), np.exp(theta[4:7])
+    assert bound == pytest.approx(fbmod.weighted_gram_bound(theta[7:].reshape(3, size, size), lam / nu), rel=1e-12)
     assert reg.convexity(theta) == 0.0
     assert reg.lipschitz_is_loose(theta) is True
 
@@ -409,7 +441,7 @@ def test_foe_bad_input():
     with pytest.raises(ValueError, match="theta"):
         reg.lipschitz(np.zeros(24))
     with pytest.raises(ValueError, match="x must have shape"):
-        reg.grad(np.zeros((3, 3)), reg.init_params())
+        reg.grad(np.zeros((1, 5)), reg.init_params())
 
 
 @pytest.mark.parametrize("name", ["foe", "foe_7x7"])

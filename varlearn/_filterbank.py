@@ -15,29 +15,38 @@ columns are folded back onto the pixels they copy).
 Images must be at least ``(c + 1) x (c + 1)`` (one reflection reaches every
 padded pixel, as in NumPy).
 
-Method (measured on the 2-core development machine, NumPy 2.4 + OpenBLAS,
-20 x 256² images, 48 filters 7 x 7; seconds per call, float64 / float32):
+Method.  Seconds per ``apply`` (``K x`` for the whole stack) on 20 x 256²
+images, 48 filters 7 x 7, float64 / float32, on the 2-core development machine
+(NumPy 2.4, OpenBLAS), measured side by side in one run with one BLAS thread:
 
 ===============================================  ==============  =============
-method (apply = K x for the whole stack)          float64         float32
+method                                            float64         float32
 ===============================================  ==============  =============
-direct: 48·49 shifted axpys over the stack        4.6             2.2
-FFT (scipy.fft, 2 workers, per image x filters)   1.3             0.70
-im2col (49 shifted copies) + one GEMM per block   0.14            0.062
+direct: 48·49 shifted axpys over the stack        4.9             2.2
+FFT (scipy.fft rfft2/irfft2, per image x bank)    2.4             1.9
+im2col + one GEMM per block (this module)         0.19            0.10
 ===============================================  ==============  =============
 
-im2col + GEMM is exact (no FFT round-off, no wrap-around to undo) and 10-30x
-faster than the alternatives, so every operation here is: build the 49 shifted
-copies of a block of the padded input (``cols``, ``(s², m)``), multiply by the
-``(K, s²)`` tap matrix (BLAS / cuBLAS), and for the adjoint multiply by its
-transpose and add the 49 shifted rows back (col2im).  The work is done in blocks
-(a band of rows of one image on NumPy, several whole images on CuPy) so that the
-working set is a few MiB regardless of the stack size: peak memory is the padded
-input plus a few blocks, never the 49-fold im2col of the stack (514 MB for the
-case above).  On NumPy, blocks of about 3 MiB per ``(K, m)`` array gave the best
-times (bands of 32 rows of a 256-wide image in float64, 64 in float32): large
-enough for an efficient GEMM, small enough that the elementwise passes of the
-Field-of-Experts kernels run in cache.
+(an earlier, quieter run with two BLAS threads: 4.6 / 2.2, 1.3 / 0.70 and
+0.14 / 0.062).  im2col + GEMM is exact (no FFT round-off, no wrap-around to
+undo) and 10-25x faster than the alternatives, so every operation here is:
+copy the 49 shifted views of a block of the padded input into ``cols``
+``(s², m)``, multiply by the ``(K, s²)`` tap matrix (BLAS / cuBLAS), and for the
+adjoint multiply by its transpose and add the 49 shifted rows back (col2im).
+The work runs in blocks (a band of rows of one image on NumPy, several whole
+images on CuPy) so that the working set is a few MiB whatever the stack size:
+peak memory is the padded input (and output) plus a few blocks, never the
+49-fold im2col of the stack (514 MB above) nor, in the Field-of-Experts
+kernels, the 48-fold ``K x``.  On NumPy, blocks of about 3 MiB per
+``(max(K, s²), m)`` array were fastest (bands of about 30 rows of a 256-wide
+image in float64, 60 in float32; 0.5 MiB and 16 MiB were 10-20 % slower):
+large enough for an efficient GEMM, small enough for the elementwise passes of
+the Field-of-Experts kernels to stay in cache.
+
+Note on threads: under load from other processes (the shared 2-core
+development machines), OpenBLAS with 2 threads made these GEMM-heavy calls
+3-7x *slower* than with ``OPENBLAS_NUM_THREADS=1``; on an idle machine extra
+threads help the GEMMs (16 cores: ``apply`` 2x faster, a gradient 1.4x).
 
 Norm bounds.  Two bounds, each valid for every accepted image size; the code
 takes the smaller.
@@ -70,10 +79,12 @@ offset ``d = a - c`` from output ``q - d`` and, through the left mirror, only if
 :math:`\|K_i\|^2 \le \|k_i\|_1 \sum_{a,b}|k_i[a,b]|(1 + [a\ne c])(1 + [b\ne c])`.
 It wins for filters concentrated on the centre tap.
 
-For random zero-mean 7 x 7 filters the true norm is within 1 % of
-:math:`\sup|\hat k_i|`, about 0.45 :math:`\|k_i\|_1`: the bounds above are about
-2x the norm (the boundary can double it, see the corner tap), against 2.5-3.5x
-for ``2 ||k_i||_1``.
+For random zero-mean 7 x 7 filters (the Field-of-Experts initialisation) the
+true norm is within 1 % of :math:`\sup|\hat k_i|`, 0.36-0.45 :math:`\|k_i\|_1`:
+the bound is 1.9-2.1x the norm (the boundary can double it: see the corner tap)
+against 4.4-5.5x for ``2 ||k_i||_1``; for a bank of 6 such filters the Fourier
+bound of :math:`\|\sum_i K_i^TK_i\|^{1/2}` is 2.0x the norm against 3.1x for
+:math:`(\sum_i\|K_i\|^2)^{1/2}`.
 """
 from __future__ import annotations
 
@@ -148,11 +159,13 @@ def power_spectra(taps, s):
     return f.real * f.real + f.imag * f.imag
 
 
-def fourier_norm_bounds(taps, s):
+def fourier_norm_bounds(taps, s, spectra=None):
     r"""Certified :math:`2\sup_\omega|\hat k_i(\omega)| \ge \|K_i\|` for taps ``(K, s, s)`` (any namespace)."""
     xp = get_namespace(taps)
     _, factor = _grid(s)
-    return 2.0 * xp.sqrt(factor * xp.max(power_spectra(taps, s), axis=(-2, -1)))
+    if spectra is None:
+        spectra = power_spectra(taps, s)
+    return 2.0 * xp.sqrt(factor * xp.max(spectra, axis=(-2, -1)))
 
 
 def weighted_gram_bound(taps, weights):
@@ -168,7 +181,7 @@ def weighted_gram_bound(taps, weights):
     _, factor = _grid(s)
     spec = power_spectra(taps, s)
     fourier = 4.0 * factor * float(np.max(np.tensordot(w, spec, axes=(0, 0))))
-    b = np.minimum(schur_norm_bounds(np.abs(taps), s), fourier_norm_bounds(taps, s))
+    b = np.minimum(schur_norm_bounds(np.abs(taps), s), fourier_norm_bounds(taps, s, spec))
     return min(fourier, float(np.sum(w * b * b)))
 
 

@@ -13,9 +13,11 @@ from .._filterbank import (
     check_out,
     col2im_add,
     fold_pad,
+    fourier_norm_bounds,
     im2col,
     reflect_pad,
     schur_norm_bounds,
+    weighted_gram_bound,
     work_array,
 )
 from .._validation import check_int
@@ -50,13 +52,16 @@ _CUPY_KERNELS: dict = {}
 def _cupy_kernel(xp, name):
     """Fused CuPy kernels of the smoothed-l1 path (``None`` on NumPy or when accelerators are off).
 
-    ``d1(u, y)``: ``y = u / sqrt(u² + 1)``; ``d2(u, kv)``: ``kv /= (u² + 1)^{3/2}`` in place.
+    ``value(u, y)``: ``y = sqrt(u² + 1)``; ``d1(u, y)``: ``y = u / sqrt(u² + 1)``;
+    ``d2(u, kv)``: ``kv /= (u² + 1)^{3/2}`` in place.
     """
     if xp_name(xp) != "cupy" or not _accel.accelerated():
         return None
     k = _CUPY_KERNELS.get(name)
     if k is None:
-        if name == "d1":
+        if name == "value":
+            k = xp.ElementwiseKernel("T u", "T y", "y = sqrt(u * u + (T)1)", "varlearn_foe_value")
+        elif name == "d1":
             k = xp.ElementwiseKernel("T u", "T y", "y = u / sqrt(u * u + (T)1)", "varlearn_foe_d1")
         elif name == "d2":
             k = xp.ElementwiseKernel("T u", "T kv", "T s = u * u + (T)1; kv = kv / (s * sqrt(s))",
@@ -76,7 +81,7 @@ class FieldOfExperts(Regularizer):
     with ``φ`` the potential (default :class:`~varlearn.potentials.SmoothedL1`,
     :math:`\sqrt{t^2+\nu^2}`) and ``⋆`` the "same"-size 2-D cross-correlation
     with reflect padding of :class:`~varlearn.operators.FilterBank` (images
-    must be at least ``(size+1) x (size+1)``).  There is no ½ and no 1/N: the
+    must be at least ``(size//2+1) x (size//2+1)``).  There is no ½ and no 1/N: the
     MAID paper's ½ is absorbed into :math:`\theta_0`, and the denoising problem
     adds ½‖x − y‖².
 
@@ -101,7 +106,10 @@ class FieldOfExperts(Regularizer):
         Any potential with a shape parameter; :class:`SmoothedL1` (the
         default) runs a faster specialised path.
     filters : array of shape (n_filters, size, size), optional
-        Use these filters (NumPy) instead of random ones.
+        Use these filters instead of random ones (copied to a NumPy float64
+        array).  The attribute :attr:`filters` holds the taps that
+        ``init_params()`` puts into θ, and the fixed filters when
+        ``learn_filters=False``.
 
     Notes
     -----
@@ -110,11 +118,14 @@ class FieldOfExperts(Regularizer):
     range, so its runs start at −3), filters Xavier-normal on a ``size x size``
     tensor (std :math:`\sqrt{2/(2\,size)}`) minus their mean.
 
-    Bounds (``b_i`` = :meth:`FilterBank.filter_norm_bounds`, ≥ ‖K_i‖):
-    ``lipschitz`` = :math:`e^{\theta_0}\sum_i e^{\theta_i} \sup\varphi''(\cdot;\nu_i)\, b_i^2`
-    (= :math:`e^{\theta_0}\sum_i e^{\theta_i} b_i^2/\nu_i` for smoothed ℓ1); it can be loose
-    (``lipschitz_is_loose`` is True, so FISTA backtracks).
-    ``hessian_lipschitz`` = :math:`e^{\theta_0}\sum_i e^{\theta_i}\sup|\varphi'''|\, b_i^2 \|k_i\|_1`
+    Bounds (:func:`varlearn._filterbank.weighted_gram_bound` bounds
+    :math:`\|\sum_i w_i K_i^TK_i\|` by :math:`4\sup_\omega\sum_i w_i|\hat k_i(\omega)|^2`,
+    certified on an FFT grid, or by Schur's test; see :mod:`varlearn._filterbank`):
+    ``lipschitz`` bounds :math:`\|\sum_i\lambda_i\sup\varphi''(\cdot;\nu_i)K_i^TK_i\|`
+    with :math:`\lambda_i = e^{\theta_0+\theta_i}` (:math:`\sup\varphi'' = 1/\nu_i` for
+    smoothed ℓ1); it can be loose (``lipschitz_is_loose`` is True, so FISTA
+    backtracks).  ``hessian_lipschitz`` bounds
+    :math:`\|\sum_i\lambda_i\sup|\varphi'''_i|\,\|k_i\|_1 K_i^TK_i\|`
     (``|(K_i z)_p| <= ||k_i||_1 ||z||_∞ <= ||k_i||_1 ||z||_2``).
     ``mixed_lipschitz`` is ``None`` when the filters are learned: the column
     of a tap contains :math:`K_i^T(\varphi''(K_ix)\odot S_{ab}x)`, whose
@@ -264,11 +275,15 @@ class FieldOfExperts(Regularizer):
         cbuf = xp.empty(blocks.size() * s * s, dtype=x.dtype)
         ubuf = xp.empty(blocks.size() * k, dtype=x.dtype)
         acc = xp.zeros(k, dtype=np.float64)
+        kern = _cupy_kernel(xp, "value") if self._fast else None
         for blk in blocks:
             c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
             cols = im2col(xpad, blk, s, work_array(cbuf, (c, s * s, m)))
             u = xp.matmul(a, cols, out=work_array(ubuf, (c, k, m)))
-            if self._fast:  # sqrt(ũ² + 1), times ν below
+            if self._fast and kern is not None:
+                kern(u, u)
+                acc += xp.sum(u, axis=(0, 2)).astype(np.float64)
+            elif self._fast:  # sqrt(ũ² + 1), times ν below
                 xp.multiply(u, u, out=u)
                 u += 1.0
                 xp.sqrt(u, out=u)
@@ -443,41 +458,53 @@ class FieldOfExperts(Regularizer):
         return xp.concatenate(parts).astype(theta.dtype)
 
     # ------------------------------------------------------------------ bounds
-    def _bounds(self, theta):
+    def _bound_data(self, theta):
+        """Host ``lam_i = e^{θ0+θ_i}``, ``nu_i``, taps ``(K, s, s)`` for the Python-level bounds."""
         lam0, lam, nu, taps = self._host_params(theta)
-        b = schur_norm_bounds(np.abs(taps), self.size)
-        return lam0 * lam, nu, b, np.abs(taps).sum(axis=(1, 2))
+        return lam0 * lam, nu, np.asarray(taps, dtype=np.float64)
+
+    @staticmethod
+    def _per_filter(fun, nu):
+        return np.array([fun(float(v)) for v in nu], dtype=np.float64)
 
     def lipschitz(self, theta):
-        lam, nu, b, _ = self._bounds(theta)
-        d2 = np.array([self.potential.d2_max(float(v)) for v in nu])
-        return float(np.sum(lam * d2 * b * b))
+        r""":math:`\|\sum_i \lambda_i \sup\varphi''(\cdot;\nu_i)\,K_i^TK_i\|`, bounded by ``weighted_gram_bound``."""
+        lam, nu, taps = self._bound_data(theta)
+        return weighted_gram_bound(taps, lam * self._per_filter(self.potential.d2_max, nu))
 
     def convexity(self, theta):
         if self.potential.convex:
             return 0.0
-        lam, nu, b, _ = self._bounds(theta)
-        lo = np.array([min(0.0, self.potential.d2_min(float(v))) for v in nu])
-        return float(np.sum(lam * lo * b * b))
+        lam, nu, taps = self._bound_data(theta)
+        lo = np.minimum(0.0, self._per_filter(self.potential.d2_min, nu))
+        return -weighted_gram_bound(taps, lam * -lo)
 
     def lipschitz_is_loose(self, theta):
         return True
 
     def hessian_lipschitz(self, theta):
-        lam, nu, b, l1 = self._bounds(theta)
-        d3 = np.array([self.potential.d3_max(float(v)) for v in nu])
-        return float(np.sum(lam * d3 * b * b * l1))
+        r"""Lipschitz constant in x of the Hessian, :math:`\|\sum_i\lambda_i c_i\|k_i\|_1 K_i^TK_i\|`.
+
+        :math:`c_i = \sup|\varphi'''(\cdot;\nu_i)|`: the Hessian is
+        :math:`\sum_i \lambda_i K_i^T \mathrm{diag}(\varphi''(K_ix)) K_i` and
+        :math:`|\varphi''(K_ix)_p - \varphi''(K_ix')_p| \le c_i\|k_i\|_1\|x - x'\|_\infty`,
+        :math:`\|\cdot\|_\infty \le \|\cdot\|_2`.
+        """
+        lam, nu, taps = self._bound_data(theta)
+        w = lam * self._per_filter(self.potential.d3_max, nu) * np.abs(taps).sum(axis=(1, 2))
+        if not np.all(np.isfinite(w)):
+            return math.inf
+        return weighted_gram_bound(taps, w)
 
     def mixed_lipschitz(self, theta):
         if self.learn_filters:
             # the tap columns contain K_i^T(φ''(K_i x) ⊙ S_ab x): no bound independent of ||x||
             return None
-        lam, nu, b, _ = self._bounds(theta)
-        d2 = np.array([self.potential.d2_max(float(v)) for v in nu])
-        d2n = np.array([self.potential.d2_dnu_max(float(v)) for v in nu])
-        c_w = lam * d2 * b * b           # column θ_i: λ_i K_i^T φ'(K_i x)
-        c_nu = lam * nu * d2n * b * b    # column θ_{K+i}: λ_i ν_i K_i^T ∂_ν φ'(K_i x)
-        c_0 = float(np.sum(c_w))         # column θ0: grad R itself
+        lam, nu, taps = self._bound_data(theta)
+        b = np.minimum(schur_norm_bounds(np.abs(taps), self.size), fourier_norm_bounds(taps, self.size))
+        c_w = lam * self._per_filter(self.potential.d2_max, nu) * b * b               # column θ_i
+        c_nu = lam * nu * self._per_filter(self.potential.d2_dnu_max, nu) * b * b     # column θ_{K+i}
+        c_0 = self.lipschitz(theta)                                                   # column θ0: grad R
         return float(math.sqrt(c_0 ** 2 + float(np.sum(c_w ** 2 + c_nu ** 2))))
 
     def describe(self, theta):
