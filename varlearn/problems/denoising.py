@@ -48,7 +48,9 @@ class DenoisingProblem(LowerProblem):
         self.dtype = y.dtype
         self.x_shape = tuple(y.shape)
         self.n_params = regularizer.n_params
-        self._fused = isinstance(regularizer, TotalVariation)
+        # regularizers that add the data term inside their own pass (one sweep instead of two)
+        self._fused = hasattr(regularizer, "grad_data") and hasattr(regularizer, "hvp_data")
+        self._tv = isinstance(regularizer, TotalVariation)
 
     def _default_params(self, rng):
         return self.regularizer.init_params(rng)
@@ -105,7 +107,7 @@ class DenoisingProblem(LowerProblem):
         return self.regularizer.param_layout()
 
     def fista_step(self, x, x_prev, beta, tau, theta, out):
-        if self._fused:
+        if self._tv:
             k = self.regularizer._kernels(x)
             if k is not None and x.flags.c_contiguous and x_prev.flags.c_contiguous:
                 lam, nu = self.regularizer._scalars(theta)
