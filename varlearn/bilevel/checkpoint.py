@@ -32,6 +32,12 @@ def _fsync_dir(path: Path):
         os.close(fd)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
     path = Path(path)
@@ -42,6 +48,7 @@ def atomic_write_bytes(path, data: bytes):
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:

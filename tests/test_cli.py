@@ -1,0 +1,359 @@
+"""The ``varlearn`` command line: learn -> params/history/figures -> denoise, resume after SIGKILL, bad input."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from varlearn.backend import cupy_usable
+from varlearn.bilevel import HISTORY_FIELDS, CheckpointError, load_checkpoint
+from varlearn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASE_FIGURES = ("loss.png", "accuracy.png", "steps.png", "psnr.png", "examples.png")
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def piecewise_constant(size, rng, n_rect=3):
+    img = np.full((size, size), 0.2)
+    for _ in range(n_rect):
+        r0, r1 = np.sort(rng.integers(0, size, 2))
+        c0, c1 = np.sort(rng.integers(0, size, 2))
+        img[r0:r1 + 2, c0:c1 + 2] = rng.uniform(0.1, 0.9)
+    return img
+
+
+def to_uint8(img):
+    return np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def write_pairs(root, n=2, size=24, sigma=0.1, seed=1):
+    """clean/imK.png and noisy/imK.png (8-bit), piecewise-constant images with Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    clean_dir, noisy_dir = Path(root) / "clean", Path(root) / "noisy"
+    clean_dir.mkdir(parents=True)
+    noisy_dir.mkdir(parents=True)
+    for i in range(n):
+        img = piecewise_constant(size, rng)
+        iio.imwrite(clean_dir / f"im{i}.png", to_uint8(img))
+        iio.imwrite(noisy_dir / f"im{i}.png", to_uint8(img + sigma * rng.standard_normal(img.shape)))
+    return clean_dir, noisy_dir
+
+
+def psnr(x, ref):
+    return 10 * np.log10(1.0 / np.mean((np.asarray(x, float) - np.asarray(ref, float)) ** 2))
+
+
+def stderr_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def no_temp_files(folder):
+    return [p for p in Path(folder).rglob(".*.tmp")]
+
+
+LEARN_TINY = ("--max-iter", "3", "--threads", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny learning run (2 pairs of 24x24 images, 3 MAID iterations) shared by several tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    clean, noisy = write_pairs(root)
+    run = root / "run"
+    rc = main(["learn", "--clean", str(clean), "--noisy", str(noisy), "--out", str(run), *LEARN_TINY])
+    assert rc == 0
+    return {"root": root, "clean": clean, "noisy": noisy, "run": run}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_learn_writes_a_complete_run_folder(tiny_run):
+    run = tiny_run["run"]
+    params = json.loads((run / "params.json").read_text())
+    meta, arrays = load_checkpoint(run / "checkpoint.npz")
+    # θ survives the JSON round trip exactly and equals the checkpoint's
+    assert np.array_equal(np.array(params["theta"]), arrays["theta"])
+    assert params["model"] == "tv" and params["model_config"] == {"isotropic": True}
+    assert params["nit"] == meta["k"] == 3 and params["status"] == "maxiter" and params["success"]
+    assert params["params"]["weight"] == pytest.approx(np.exp(params["theta"][0]), rel=1e-12)
+    assert params["data"]["source"] == "pairs" and params["data"]["names"] == ["im0", "im1"]
+    assert params["data"]["shape"] == [24, 24] and params["method"] == "maid"
+    assert params["options"]["max_iter"] == 3 and "numpy" in params["versions"]
+    assert params["psnr"]["learned_mean"] > params["psnr"]["noisy_mean"] + 2
+    # history.csv: header + one row per outer iteration plus the start
+    with open(run / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(HISTORY_FIELDS) and len(rows) == 4
+    assert [int(r["iter"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["fun"]) == pytest.approx(params["fun"], rel=1e-12)
+    # figures: non-empty PNGs
+    for name in BASE_FIGURES:
+        data = (run / "figures" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["theta0"] == params["theta0"] == [-5.0, -5.0]
+    assert not no_temp_files(run)
+
+
+def test_denoise_folder_and_single_files(tiny_run, tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    clean = piecewise_constant(32, rng, n_rect=4)
+    noisy = to_uint8(clean + 0.1 * rng.standard_normal(clean.shape))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    iio.imwrite(inputs / "square.png", noisy)
+    iio.imwrite(inputs / "other.png", noisy[::-1].copy())
+    iio.imwrite(inputs / "deep.png", (noisy.astype(np.uint16) * 257))  # 16-bit input
+    (inputs / "notes.txt").write_text("not an image: ignored in folders")
+    params = tiny_run["run"] / "params.json"
+
+    out = tmp_path / "out"
+    assert main(["denoise", "--params", str(params), str(inputs), "--out", str(out), "--threads", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["deep.png", "other.png", "square.png"]
+    den = iio.imread(out / "square.png")
+    assert den.dtype == np.uint8 and den.shape == (32, 32)
+    assert psnr(den / 255.0, clean) > psnr(noisy / 255.0, clean) + 2
+    deep = iio.imread(out / "deep.png")
+    assert deep.dtype == np.uint16 and np.abs(deep / 65535.0 - den / 255.0).max() < 2.5 / 255
+    assert "denoised 3 image(s)" in capsys.readouterr().out
+
+    # single files, and the run folder instead of params.json
+    out2 = tmp_path / "out2"
+    assert main(["denoise", "--params", str(tiny_run["run"]), str(inputs / "square.png"), str(inputs / "other.png"),
+                 "--out", str(out2), "--quiet"]) == 0
+    assert sorted(p.name for p in out2.iterdir()) == ["other.png", "square.png"]
+    np.testing.assert_array_equal(iio.imread(out2 / "square.png"), den)
+
+    # existing outputs are kept unless --overwrite
+    assert main(["denoise", "--params", str(params), str(inputs / "square.png"), "--out", str(out2)]) == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and "exists" in lines[0] and "--overwrite" in lines[0]
+    assert main(["denoise", "--params", str(params), str(inputs / "square.png"), "--out", str(out2),
+                 "--overwrite", "--quiet"]) == 0
+    assert not no_temp_files(out) and not no_temp_files(out2)
+
+
+def test_learn_foe_with_sigma_draws_filters(tmp_path):
+    clean, _ = write_pairs(tmp_path, n=2, size=16)
+    run = tmp_path / "foe"
+    assert main(["learn", "--model", "foe", "--filters", "2", "--filter-size", "3", "--clean", str(clean),
+                 "--sigma", "0.1", "--out", str(run), "--max-iter", "2", "--threads", "1", "--quiet"]) == 0
+    params = json.loads((run / "params.json").read_text())
+    assert params["model"] == "foe" and params["model_config"] == {"n_filters": 2, "size": 3}
+    assert len(params["theta"]) == 1 + 2 * 2 + 2 * 9 and len(params["params"]["filters"]) == 2
+    assert params["data"]["source"] == "sigma" and params["data"]["sigma"] == 0.1
+    assert (run / "figures" / "filters.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_info_mentions_numpy(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "varlearn" in out and "GPU" in out
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+def _checkpoint_k(path):
+    try:
+        meta, _ = load_checkpoint(path)
+    except CheckpointError:
+        return -1
+    return meta["k"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # 20 outer iterations of ~30 ms each here: the kill lands well inside the run
+    clean, noisy = write_pairs(tmp_path, n=2, size=64, seed=3)
+    common = ["--clean", str(clean), "--noisy", str(noisy), "--max-iter", "20", "--threads", "1", "--quiet"]
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "varlearn.cli", "learn", *common, "--out", str(run)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = run / "checkpoint.npz"
+    k = -1
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            k = _checkpoint_k(ckpt) if ckpt.exists() else -1
+            if k >= 2:
+                break
+            time.sleep(0.003)
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert running, f"the run ended before it could be killed: {err.decode()[-500:]}"
+    assert 2 <= _checkpoint_k(ckpt) < 20
+    assert not (run / "params.json").exists()
+    json.loads((run / "config.json").read_text())  # complete
+
+    # an existing run folder is refused without --resume / --overwrite
+    assert main(["learn", *common, "--out", str(run)]) == 2
+
+    # resume in a fresh interpreter through ``python -m varlearn``
+    done = subprocess.run([sys.executable, "-m", "varlearn", "learn", "--resume", str(run), "--threads", "1",
+                           "--quiet"], cwd=tmp_path, env=env, capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-800:]
+
+    full = tmp_path / "full"
+    assert main(["learn", *common, "--out", str(full)]) == 0
+
+    resumed = json.loads((run / "params.json").read_text())
+    uninterrupted = json.loads((full / "params.json").read_text())
+    assert resumed["nit"] == uninterrupted["nit"] == 20
+    np.testing.assert_allclose(resumed["theta"], uninterrupted["theta"], rtol=0, atol=1e-10)
+    assert resumed["n_lower_iter"] == uninterrupted["n_lower_iter"]
+    meta, arrays = load_checkpoint(ckpt)
+    assert meta["k"] == 20 and np.array_equal(arrays["theta"], np.array(resumed["theta"]))
+    with open(run / "history.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 21
+    for name in BASE_FIGURES:
+        assert (run / "figures" / name).read_bytes().startswith(PNG_MAGIC)
+    assert not no_temp_files(run)
+
+
+# --------------------------------------------------------------------------- bad input: exit 2, one line
+
+
+def _expect_usage_error(capsys, argv, *words):
+    rc = main([str(a) for a in argv])
+    lines = stderr_lines(capsys)
+    assert rc == 2, lines
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    return lines[0]
+
+
+def test_mismatched_file_names(tmp_path, capsys):
+    clean, noisy = write_pairs(tmp_path)
+    (noisy / "im1.png").rename(noisy / "zzz.png")
+    _expect_usage_error(capsys, ["learn", "--clean", clean, "--noisy", noisy, "--out", tmp_path / "r"],
+                        "do not pair up", "im1", "zzz")
+    assert not (tmp_path / "r").exists()
+
+
+def test_mismatched_sizes(tmp_path, capsys):
+    clean, noisy = write_pairs(tmp_path)
+    iio.imwrite(noisy / "im1.png", np.zeros((20, 24), np.uint8))
+    _expect_usage_error(capsys, ["learn", "--clean", clean, "--noisy", noisy, "--out", tmp_path / "r"],
+                        "im1", "24x24", "20x24")
+
+
+def test_non_image_file(tmp_path, capsys):
+    clean, noisy = write_pairs(tmp_path)
+    (clean / "im1.png").write_bytes(b"this is not a PNG file")
+    _expect_usage_error(capsys, ["learn", "--clean", clean, "--noisy", noisy, "--out", tmp_path / "r"],
+                        "im1.png", "not an image")
+
+
+def test_empty_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_usage_error(capsys, ["learn", "--clean", empty, "--sigma", "0.1", "--out", tmp_path / "r"],
+                        "no image files", str(empty))
+
+
+def test_nan_in_float_tiff(tmp_path, capsys):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    img = np.full((24, 24), 0.5, np.float32)
+    img[3, 4] = np.nan
+    iio.imwrite(clean / "a.tif", img, plugin="tifffile")
+    _expect_usage_error(capsys, ["learn", "--clean", clean, "--sigma", "0.1", "--out", tmp_path / "r"],
+                        "a.tif", "NaN")
+
+
+def test_unknown_model(tmp_path, capsys):
+    _expect_usage_error(capsys, ["learn", "--model", "bm3d", "--out", tmp_path / "r"], "--model", "bm3d")
+
+
+@pytest.mark.skipif(cupy_usable(), reason="CuPy is usable here")
+def test_gpu_requested_without_cupy(tmp_path, capsys):
+    _expect_usage_error(capsys, ["learn", "--backend", "cupy", "--out", tmp_path / "r"], "--backend cupy",
+                        "not usable")
+    _expect_usage_error(capsys, ["denoise", "--backend", "cupy", "--params", tmp_path / "p.json", tmp_path,
+                                 "--out", tmp_path / "o"], "not usable")
+
+
+@pytest.mark.parametrize("sigma", ["-0.1", "nan", "0"])
+def test_bad_sigma(tmp_path, capsys, sigma):
+    clean, _ = write_pairs(tmp_path)
+    _expect_usage_error(capsys, ["learn", "--clean", clean, f"--sigma={sigma}", "--out", tmp_path / "r"], "--sigma")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--clean", "{clean}"], ["--noisy", "--sigma"]),
+    (["--noisy", "{noisy}"], ["--noisy needs --clean"]),
+    (["--clean", "{clean}", "--noisy", "{noisy}", "--sigma", "0.1"], ["not both"]),
+    (["--clean", "{root}/missing", "--sigma", "0.1"], ["--clean", "no such folder"]),
+    (["--step0", "-1"], ["--step0"]),
+    (["--max-iter", "0"], ["--max-iter"]),
+    (["--method", "hoag", "--delta0", "0.1"], ["--delta0", "hoag"]),
+    (["--model", "foe", "--filter-size", "4"], ["--filter-size", "odd"]),
+    (["--model", "tv", "--filters", "3"], ["--filters", "foe"]),
+    (["--size", "0"], ["--size"]),
+    (["--images", "camera,nosuchimage"], ["nosuchimage"]),
+    (["--clean", "{clean}", "--sigma", "0.1", "--crop", "40"], ["crop", "24x24"]),
+    (["--dtype", "float16"], ["--dtype", "float16"]),
+])
+def test_bad_learn_arguments(tmp_path, capsys, argv, words):
+    clean, noisy = write_pairs(tmp_path)
+    fill = {"clean": str(clean), "noisy": str(noisy), "root": str(tmp_path)}
+    argv = [a.format(**fill) for a in argv]
+    extra = [] if "--max-iter" in argv else ["--max-iter", "1"]
+    _expect_usage_error(capsys, ["learn", *argv, "--out", tmp_path / "r", *extra, "--quiet"], *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_out_and_resume_errors(tiny_run, tmp_path, capsys):
+    run = tiny_run["run"]
+    _expect_usage_error(capsys, ["learn", "--out", run], "not empty", "--resume", "--overwrite")
+    _expect_usage_error(capsys, ["learn", "--resume", tmp_path], "config.json")
+    _expect_usage_error(capsys, ["learn", "--resume", tmp_path / "nowhere"], "no such folder")
+    _expect_usage_error(capsys, ["learn", "--resume", run, "--model", "foe"], "--model", "cannot be changed")
+    _expect_usage_error(capsys, ["learn"], "--out")
+    # a corrupted checkpoint is reported, never loaded
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_bytes((run / "config.json").read_bytes())
+    (broken / "checkpoint.npz").write_bytes((run / "checkpoint.npz").read_bytes()[:200])
+    _expect_usage_error(capsys, ["learn", "--resume", broken, "--quiet"], "checkpoint", "truncated or corrupted")
+    (broken / "config.json").write_text("{not json")
+    _expect_usage_error(capsys, ["learn", "--resume", broken], "config.json", "not valid JSON")
+
+
+def test_denoise_bad_input(tiny_run, tmp_path, capsys):
+    params = tiny_run["run"] / "params.json"
+    img = tmp_path / "a.png"
+    iio.imwrite(img, np.zeros((24, 24), np.uint8))
+    _expect_usage_error(capsys, ["denoise", "--params", tmp_path / "none.json", img, "--out", tmp_path / "o"],
+                        "no such file")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "varlearn-params", "model": "tv", "model_config": {}, "theta": [1, 2, 3]}')
+    _expect_usage_error(capsys, ["denoise", "--params", bad, img, "--out", tmp_path / "o"], "theta", "3")
+    _expect_usage_error(capsys, ["denoise", "--params", params, tmp_path / "missing.png", "--out", tmp_path / "o"],
+                        "missing.png", "no such file")
+    junk = tmp_path / "junk.png"
+    junk.write_text("no image")
+    _expect_usage_error(capsys, ["denoise", "--params", params, junk, "--out", tmp_path / "o"], "junk.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_usage_error(capsys, ["denoise", "--params", params, empty, "--out", tmp_path / "o"], "no image files")
+    _expect_usage_error(capsys, ["denoise", "--params", params, img, "--out", tmp_path / "o", "--tol", "-1"],
+                        "--tol")
+    assert not (tmp_path / "o").exists()
