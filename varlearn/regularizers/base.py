@@ -197,7 +197,10 @@ class PotentialRegularizer(Regularizer):
     def hessian_lipschitz(self, theta):
         # |phi''(Kx) - phi''(Kx')|_inf <= d3_max ||K (x - x')||_inf <= d3_max ||K|| ||x - x'||
         lam, nu = self._natural(theta)
-        return lam * self.potential.d3_max(nu) * self.operator.norm_bound() ** 3
+        c = self.potential.d3_max(nu)
+        if not math.isfinite(c):
+            return None  # phi'' is not Lipschitz (e.g. Huber): no bound; the hypergradient estimates one
+        return lam * c * self.operator.norm_bound() ** 3
 
     def mixed_norm_bound(self, x, theta):
         """Frobenius norm of the (one or two) columns of the mixed derivative, computed exactly."""
