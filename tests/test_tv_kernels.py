@@ -17,7 +17,10 @@ import varlearn as vl
 from varlearn import _accel
 from varlearn.problems.base import LowerProblem
 
-nb_kernels = pytest.importorskip("varlearn._tv_numba", reason="numba is not installed")
+try:
+    import varlearn._tv_numba as nb_kernels
+except ImportError as exc:  # numba is optional
+    pytest.skip(f"the numba kernels are not available ({exc})", allow_module_level=True)
 
 SHAPES = [
     (3, 17, 13),
