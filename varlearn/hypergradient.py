@@ -76,6 +76,7 @@ class BoundEstimator:
         self.L_H = 0.0
         self.L_J = 0.0
         self.J_norm_max = 0.0
+        self._d = None  # last power-iteration direction (saved in checkpoints by minimize_bilevel)
 
     def state_dict(self):
         return {"rng": self.rng.bit_generator.state, "L_H": self.L_H, "L_J": self.L_J,
@@ -119,11 +120,14 @@ class BoundEstimator:
         """Power iteration on J^T J with J d by central differences; returns (estimate, cost)."""
         xp = get_xp(problem)
         p = problem.n_params
-        d = self._unit(xp, (p,), theta.dtype)
+        d = self._d if self._d is not None and self._d.shape == (p,) else self._unit(xp, (p,), theta.dtype)
         tscale = max(1.0, _norm(xp, theta) / math.sqrt(p))
         h = 1e-5 * tscale
         sigma, cost = 0.0, 0
-        for _ in range(self.n_power):
+        # warm start: the leading direction changes little between calls, so after the
+        # first call n_power // 2 iterations (at least 2) suffice
+        n_iter = self.n_power if self._d is None else max(2, self.n_power // 2)
+        for _ in range(n_iter):
             jd = (problem.grad(x, theta + h * d) - problem.grad(x, theta - h * d)) / (2 * h)
             jtjd = problem.mixed_vjp(x, theta, jd)
             cost += 3
@@ -132,6 +136,7 @@ class BoundEstimator:
                 break
             sigma = math.sqrt(nrm)
             d = jtjd / nrm
+        self._d = d
         self.J_norm_max = max(self.J_norm_max, sigma)
         return 1.1 * sigma, cost
 
@@ -141,7 +146,7 @@ def get_xp(problem):
 
 
 def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bound=True,
-                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto"):
+                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto", lower_L0=None):
     r"""Inexact hypergradient :math:`z = -J(\tilde x,\theta)^T q` and its error bound.
 
     Steps: (1) :func:`~varlearn.solvers.solve_lower` to ``lower_tol`` from ``x0``
@@ -171,6 +176,8 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         ``False`` skips the bound (``error_bound`` is NaN, no extra cost).
     estimator : BoundEstimator, optional
         Keeps running estimates across calls (created if needed).
+    lower_L0 : float, optional
+        Passed to :func:`~varlearn.solvers.solve_lower` as ``L0``.
 
     Returns
     -------
@@ -188,7 +195,8 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        low = solve_lower(problem, theta, lower_tol, x0=x0, maxiter=lower_maxiter, backtracking=backtracking)
+        low = solve_lower(problem, theta, lower_tol, x0=x0, maxiter=lower_maxiter, backtracking=backtracking,
+                          L0=lower_L0)
         x = low.x
         gU = upper.grad(x)
         gU_norm = _norm(xp, gU)

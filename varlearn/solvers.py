@@ -42,7 +42,7 @@ def estimate_lipschitz(problem, theta, x, n_iter=10, rng=None):
     return lam
 
 
-def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto", callback=None):
+def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto", callback=None, L0=None):
     r"""Solve the lower-level problem to a certified accuracy with strongly convex FISTA.
 
     Runs FISTA with the constant-parameter strong-convexity momentum of
@@ -58,9 +58,10 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     bit for bit).  ``x0`` itself is tested first (``nit = 1`` if it passes).
 
     **Backtracking.** With ``backtracking=True`` (or ``"auto"`` when the
-    problem reports a loose Lipschitz bound), L starts at a power-iteration
-    estimate and doubles, up to the bound, whenever the gradient step fails
-    the descent test ``h(z - g/L) <= h(z) - ||g||^2 / (2L)``.
+    problem reports a loose Lipschitz bound), L starts at ``L0`` when given
+    (e.g. the final L of a previous solve at a nearby θ) or else at 1.5 times
+    a 10-step power-iteration estimate, and doubles, up to the bound, whenever
+    the gradient step fails the descent test ``h(z - g/L) <= h(z) - ||g||^2 / (2L)``.
 
     Parameters
     ----------
@@ -76,6 +77,8 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     backtracking : bool or "auto"
     callback : callable, optional
         ``callback(k, x, grad_norm)`` after each iteration.
+    L0 : float, optional
+        Starting step constant for backtracking (ignored without backtracking).
 
     Returns
     -------
@@ -104,7 +107,11 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     if not math.isfinite(L_bound):
         use_bt = True
     n_hvp = 0
-    if use_bt:
+    if use_bt and L0 is not None:
+        L = max(mu, float(check_positive(L0, "L0")))
+        if math.isfinite(L_bound):
+            L = min(L, L_bound)
+    elif use_bt:
         L = max(mu, 1.5 * estimate_lipschitz(problem, theta, x, n_iter=10))
         n_hvp = 10
         if math.isfinite(L_bound):

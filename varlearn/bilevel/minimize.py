@@ -116,6 +116,7 @@ class _Run:
         self.eps_prev = None
         self.last = None  # the latest (fun, fun_lower, fun_upper) of the current point
         self.x_current = None
+        self.L_last = None  # final FISTA step constant of the latest solve (backtracking warm start)
 
     # ----------------------------------------------------------------- checkpoints
     def save(self, path):
@@ -128,7 +129,7 @@ class _Run:
             "history": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in row.items()}
                         for row in self.history],
             "estimator": self.estimator.state_dict(),
-            "L_hoag": _json_float(self.L_hoag), "eps_scale": self.eps_scale,
+            "L_hoag": _json_float(self.L_hoag), "eps_scale": self.eps_scale, "L_last": _json_float(self.L_last),
             "eps_prev": _json_float(self.eps_prev),
             "last": None if self.last is None else [_json_float(v) for v in self.last],
             "n_params": int(self.theta.shape[0]), "x_shape": list(self.problem.x_shape),
@@ -141,6 +142,8 @@ class _Run:
             arrays["q_warm"] = to_numpy(self.q_warm)
         if self.x_current is not None:
             arrays["x_current"] = to_numpy(self.x_current)
+        if self.estimator._d is not None:
+            arrays["estimator_d"] = to_numpy(self.estimator._d)
         save_checkpoint(path, meta, arrays)
 
     def restore(self, path):
@@ -161,6 +164,7 @@ class _Run:
         self.x_warm = to_device(arrays["x_warm"], xp).astype(dt) if "x_warm" in arrays else None
         self.q_warm = to_device(arrays["q_warm"], xp).astype(dt) if "q_warm" in arrays else None
         self.x_current = to_device(arrays["x_current"], xp).astype(dt) if "x_current" in arrays else None
+        self.estimator._d = to_device(arrays["estimator_d"], xp) if "estimator_d" in arrays else None
         self.k = int(meta["k"])
         self.eps = _from_json_float(meta["eps"])
         self.delta = _from_json_float(meta["delta"])
@@ -172,11 +176,17 @@ class _Run:
         self.estimator.load_state_dict(meta["estimator"])
         self.L_hoag = None if meta["L_hoag"] is None else _from_json_float(meta["L_hoag"])
         self.eps_scale = float(meta["eps_scale"])
+        self.L_last = None if meta.get("L_last") is None else _from_json_float(meta["L_last"])
         self.eps_prev = None if meta["eps_prev"] is None else _from_json_float(meta["eps_prev"])
         self.last = None if meta["last"] is None else tuple(_from_json_float(v) for v in meta["last"])
         return meta
 
     # ----------------------------------------------------------------- helpers
+    def _L0(self):
+        # backtracking FISTA restarts from 0.8 x the last solve's L (it may shrink a little and
+        # doubles when needed) instead of paying a power iteration per solve
+        return None if self.L_last is None else 0.8 * self.L_last
+
     @property
     def cost(self):
         return self.n_lower + self.n_cg
@@ -185,7 +195,8 @@ class _Run:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             r = solve_lower(self.problem, theta, tol, x0=x0, maxiter=self.opts["lower_maxiter"],
-                            backtracking=self.opts["backtracking_lower"])
+                            backtracking=self.opts["backtracking_lower"], L0=self._L0())
+        self.L_last = r.L
         for w in caught:
             logger.info("lower-level solve: %s", w.message)
         self.n_lower += r.nit + r.n_hvp
@@ -195,7 +206,9 @@ class _Run:
         q0 = self.q_warm if self.opts["warm_start_cg"] else None
         hg = hypergradient(self.problem, self.upper, self.theta, eps, delta, x0=self.x_warm, q0=q0, bound=bound,
                            estimator=self.estimator, lower_maxiter=self.opts["lower_maxiter"],
-                           cg_maxiter=self.opts["cg_maxiter"], backtracking=self.opts["backtracking_lower"])
+                           cg_maxiter=self.opts["cg_maxiter"], backtracking=self.opts["backtracking_lower"],
+                           lower_L0=self._L0())
+        self.L_last = hg.lower.L
         self.n_lower += hg.n_lower_iter
         self.n_cg += hg.n_cg_iter
         if self.opts["warm_start_cg"]:
