@@ -29,7 +29,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import varlearn as vl
-    from varlearn.backend import to_device, to_numpy
+    from varlearn.backend import to_device
     from varlearn.bilevel.checkpoint import atomic_write_text
     from varlearn.datasets import kodak
 

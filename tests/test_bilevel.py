@@ -1,6 +1,5 @@
 """minimize_bilevel: MAID, fixed accuracy, HOAG, certified decrease, checkpoints, options."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Certified FISTA and conjugate gradients: certificates, references, warnings, bad input."""
-import warnings
 
 import numpy as np
 import pytest
