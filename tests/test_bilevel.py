@@ -228,3 +228,12 @@ def test_resume_with_estimated_bounds_gives_the_same_theta(tmp_path):
     rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6}, resume=ck)
     np.testing.assert_allclose(rest.theta, full.theta, rtol=0, atol=1e-10)
     assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
+
+
+@pytest.mark.parametrize("method", ["maid", "hoag"])
+def test_overflowing_trial_steps_are_rejected_not_raised(method):
+    """A step so large that exp(theta) overflows is a failed trial (HOAG's first steps can do this)."""
+    prob, U = tv_problem()
+    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), method, options={"max_iter": 3, "step0": 1e6})
+    assert res.nit == 3 and np.all(np.isfinite(res.theta))
+    assert res.history[1]["accepted"] is False

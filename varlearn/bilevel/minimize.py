@@ -192,14 +192,27 @@ class _Run:
         return self.n_lower + self.n_cg
 
     def solve(self, theta, tol, x0):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            r = solve_lower(self.problem, theta, tol, x0=x0, maxiter=self.opts["lower_maxiter"],
-                            backtracking=self.opts["backtracking_lower"], L0=self._L0())
-        self.L_last = r.L
+        """Trial solve at ``theta``; ``None`` when θ is out of the representable range.
+
+        A trial step that overflows the parameters (``exp(θ)`` too large) or leads to
+        non-finite iterates is a failed trial, not an error: the caller rejects it.
+        """
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                r = solve_lower(self.problem, theta, tol, x0=x0, maxiter=self.opts["lower_maxiter"],
+                                backtracking=self.opts["backtracking_lower"], L0=self._L0())
+        except (OverflowError, FloatingPointError) as exc:
+            logger.info("trial point rejected: %s", exc)
+            return None
         for w in caught:
             logger.info("lower-level solve: %s", w.message)
         self.n_lower += r.nit + r.n_hvp
+        if r.status == "nan" or not math.isfinite(r.distance_bound):
+            logger.info("trial point rejected: the lower-level solve produced non-finite values")
+            return None
+        self.L_last = r.L
         return r
 
     def hypergrad(self, eps, delta, bound):
@@ -284,8 +297,10 @@ def _maid_iteration(run, t0, adaptive):
             alpha = run.step * o["rho"] ** i
             theta_new = run.theta - alpha * z
             sol = run.solve(theta_new, run.eps, hg.x)
-            trial = run.bounds(sol.x, sol.distance_bound)
             n_bt_total += 1
+            if sol is None:
+                continue
+            trial = run.bounds(sol.x, sol.distance_bound)
             if trial[2] - lower_cur <= -o["armijo"] * alpha * zz:
                 run.theta = theta_new
                 run.x_warm = sol.x
@@ -354,7 +369,7 @@ def _hoag_iteration(run, t0):
     alpha = 1.0 / run.L_hoag
     theta_new = xp.clip(run.theta - alpha * hg.grad, -o["theta_clip"], o["theta_clip"])
     sol = run.solve(theta_new, tol, hg.x)
-    g_new = float(run.upper.value(sol.x))
+    g_new = math.inf if sol is None else float(run.upper.value(sol.x))
     dnorm = float(xp.linalg.norm((theta_new - run.theta).ravel()))
     eps_old = run.eps_prev if run.eps_prev is not None else tol
     C = o["hoag_C"]
