@@ -34,7 +34,7 @@ from varlearn.bilevel.checkpoint import atomic_write_text  # noqa: E402
 __all__ = [
     "make_parser", "array_module", "prepare_out", "write_json", "to_jsonable", "machine_info",
     "summarize_run", "certified_decrease", "is_monotone", "first_cost_below", "value_at_cost",
-    "plot_loss_vs_cost", "plot_eps_path", "fmt", "Timer", "blas_threads",
+    "plot_loss_vs_cost", "plot_eps_path", "fmt", "Timer", "blas_threads", "guarded_minimize", "FailedRun",
 ]
 
 
@@ -66,7 +66,7 @@ def array_module(backend):
         return np
     if not cupy_usable():
         raise SystemExit(f"--backend cupy: {cupy_unusable_reason()}")
-    import cupy  # noqa: PLC0415
+    import cupy
 
     return cupy
 
@@ -122,13 +122,13 @@ def machine_info(backend):
     except OSError:
         pass
     try:
-        import numba  # noqa: PLC0415
+        import numba
 
         info["numba"] = numba.__version__
     except ImportError:
         info["numba"] = None
     if backend == "cupy":
-        import cupy  # noqa: PLC0415
+        import cupy
 
         dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         info["gpu"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
@@ -138,8 +138,8 @@ def machine_info(backend):
 
 def _openblas_handles():
     """ctypes handles of the OpenBLAS libraries NumPy/SciPy loaded (wheel builds), possibly empty."""
-    import ctypes  # noqa: PLC0415
-    import glob  # noqa: PLC0415
+    import ctypes
+    import glob
 
     out = []
     base = os.path.dirname(os.path.dirname(np.__file__))
@@ -282,7 +282,8 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
         cert = certified_decrease(h, opts.get("nu_inc", 1.0) if res["method"] == "maid" else 1.0)
     eps = [row["eps"] for row in h]
     out = {
-        "label": label, "method": res["method"], "status": res["status"], "nit": res["nit"],
+        "label": label, "method": res["method"], "status": res["status"], "message": res.get("message"),
+        "nit": res["nit"],
         "fun": res["fun"], "fun_bounds": list(res["fun_bounds"]),
         "cost": res["n_lower_iter"] + res["n_cg_iter"], "n_lower_iter": res["n_lower_iter"],
         "n_cg_iter": res["n_cg_iter"], "wall_time": res["wall_time"],
@@ -308,6 +309,50 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
     return out
 
 
+class FailedRun(dict):
+    """Stand-in for a :class:`~varlearn.BilevelResult` of a run that raised (e.g. θ overflowed).
+
+    Built from the history rows the callback saw (row 0, the starting point,
+    is not passed to callbacks, so it is missing); ``status`` is ``"error"``.
+    """
+
+    def __init__(self, method, options, rows, theta, error, wall_time):
+        from varlearn.bilevel.options import resolve_options  # noqa: PLC0415
+
+        last = rows[-1] if rows else {}
+        super().__init__(
+            theta=theta, fun=last.get("fun", math.nan),
+            fun_bounds=(last.get("fun_lower", math.nan), last.get("fun_upper", math.nan)),
+            x=None, nit=len(rows), status="error", message=error, success=False,
+            n_lower_iter=last.get("n_lower_iter", 0), n_cg_iter=last.get("n_cg_iter", 0), wall_time=wall_time,
+            history=rows, method=method, options=resolve_options(method, options))
+
+
+def guarded_minimize(problem, upper, theta0, method, options, callback=None,
+                     errors=(ArithmeticError, ValueError, np.linalg.LinAlgError)):
+    """``minimize_bilevel`` that survives a numerical failure of a run.
+
+    Returns ``(result, error)``: the :class:`~varlearn.BilevelResult` and
+    ``None``, or a :class:`FailedRun` (partial history, last θ) and the error
+    text, so that one diverging baseline does not end the whole experiment.
+    """
+    rows = []
+    last_theta = [theta0]
+
+    def cb(r):
+        rows.append(dict(r.row))
+        last_theta[0] = r.theta
+        if callback is not None:
+            callback(r)
+
+    t0 = time.perf_counter()
+    try:
+        return vl.minimize_bilevel(problem, upper, theta0, method, options=options, callback=cb), None
+    except errors as exc:
+        err = f"{type(exc).__name__}: {exc} (after {len(rows)} outer iterations)"
+        return FailedRun(method, options, rows, last_theta[0], err, time.perf_counter() - t0), err
+
+
 def fmt(v, spec=".4g"):
     """Format a number for the printed summary (``-`` for ``None``)."""
     if v is None:
@@ -320,10 +365,10 @@ def fmt(v, spec=".4g"):
 
 # ---------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -335,6 +380,14 @@ def _style(run):
     return run.get("linestyle") or _STYLES.get(run.get("method", ""), "-")
 
 
+def _colors(plt, runs):
+    """One colour per run; tab20 when the default cycle (10 colours) would repeat."""
+    if len(runs) <= 10:
+        return [run.get("color") or f"C{i}" for i, run in enumerate(runs)]
+    cmap = plt.get_cmap("tab20")
+    return [run.get("color") or cmap(i % 20) for i, run in enumerate(runs)]
+
+
 def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="fun", logy=None):
     """Upper-level loss (or its gap ``f - f*`` when ``fstar`` is given) against cumulative cost.
 
@@ -344,14 +397,14 @@ def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="f
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
     floor = None
-    for run in runs:
+    for run, color in zip(runs, _colors(plt, runs)):
         cost = np.asarray(run["history"]["cost"], dtype=float)
         val = np.asarray([np.nan if v is None else v for v in run["history"][key]], dtype=float)
         if fstar is not None:
             val = val - fstar
             pos = val[val > 0]
             floor = min(floor, pos.min()) if (floor is not None and pos.size) else (pos.min() if pos.size else floor)
-        ax.plot(np.maximum(cost, 1.0), val, _style(run), label=run["label"], lw=1.2, color=run.get("color"))
+        ax.plot(np.maximum(cost, 1.0), val, _style(run), label=run["label"], lw=1.2, color=color)
     ax.set_xscale("log")
     if fstar is not None or logy:
         ax.set_yscale("log")
@@ -370,16 +423,24 @@ def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="f
 
 
 def plot_eps_path(path, runs, *, title=None, key="eps"):
-    """Lower-level accuracy ε_k against the outer iteration (log–log)."""
+    """Lower-level accuracy ε_k against the outer iteration (log–log).
+
+    A run dict may carry ``eps0`` (the initial accuracy): it is drawn as a
+    marker at iteration 0 joined to the first history row, whose ε is already
+    the value after MAID's certificate loop of iteration 0.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
-    for run in runs:
+    for run, color in zip(runs, _colors(plt, runs)):
         it = np.asarray(run["history"]["iter"], dtype=float)
         eps = np.asarray([np.nan if v is None else v for v in run["history"][key]], dtype=float)
-        ax.plot(it + 1.0, eps, _style(run), label=run["label"], lw=1.0, color=run.get("color"))
+        ax.plot(it + 1.0, eps, _style(run), label=run["label"], lw=1.0, color=color)
+        if run.get("eps0") is not None and eps.size and key == "eps":
+            ax.plot([0.8, 1.0], [run["eps0"], eps[0]], ":", color=color, lw=0.8)
+            ax.plot([0.8], [run["eps0"]], "o", color=color, ms=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("outer iteration + 1")
+    ax.set_xlabel("outer iteration + 1 (dots: initial ε0)")
     ax.set_ylabel("lower-level accuracy ε" if key == "eps" else key)
     if title:
         ax.set_title(title, fontsize=10)

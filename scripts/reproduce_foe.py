@@ -13,7 +13,9 @@ Methods at equal cost (``--budget`` lower-level + CG iterations each):
 
 * MAID, ε0 = δ0 = ``--eps0`` (0.1), α0 = 0.01, ρ = ν = 0.5, ν̄ = 1.05;
 * HOAG with geometric, quadratic and cubic decay of the tolerance (ε0 = 0.1, step
-  1/L with L = ‖z0‖/√p, HOAG's acceptance rule);
+  1/L with L = ‖z0‖/√p, HOAG's acceptance rule; ``--hoag-step0`` overrides the
+  first step).  A run that fails numerically (θ overflowing after a huge step)
+  is recorded with status ``"error"`` and its partial history;
 * fixed accuracy ε = δ = ``--fixed-eps`` (0.1);
 * a learned anisotropic TV (MAID) on the same images, for the FoE-vs-TV claim
   (``--no-tv`` skips it).
@@ -79,7 +81,10 @@ def method_options(method, args, budget, max_iter):
             f"fixed ε=δ={args.fixed_eps:g}"
     if method.startswith("hoag-"):
         decay = method.split("-", 1)[1]
-        return "hoag", dict(common, eps0=args.eps0, decay=decay), f"HOAG {decay}"
+        opts = dict(common, eps0=args.eps0, decay=decay)
+        if args.hoag_step0 is not None:
+            opts["step0"] = args.hoag_step0
+        return "hoag", opts, f"HOAG {decay}" + ("" if args.hoag_step0 is None else f", α0={args.hoag_step0:g}")
     raise SystemExit(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -131,6 +136,9 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"methods to run, from {METHODS}")
     p.add_argument("--eps0", type=float, default=0.1, help="initial accuracy of MAID and HOAG")
     p.add_argument("--fixed-eps", type=float, default=0.1, help="accuracy of the fixed-accuracy run")
+    p.add_argument("--hoag-step0", type=float, default=None,
+                   help="HOAG's first step (default: HOAG's rule 1/L, L = ||z0||/sqrt(p), a step of norm "
+                        "sqrt(p) in θ)")
     p.add_argument("--no-tv", action="store_true", help="skip the learned-TV baseline")
     p.add_argument("--eval-tol", type=float, default=1e-3, help="lower-level tolerance of the PSNR evaluation")
     args = p.parse_args(argv)
@@ -186,19 +194,25 @@ def main(argv=None):
     for m in args.methods:
         method, opts, label = method_options(m, args, budget, max_iter)
         with C.Timer() as t:
-            res = vl.minimize_bilevel(problem, upper, to_device(theta0, xp), method, options=opts)
-        theta = to_numpy(res.theta)
-        thetas[m] = theta
-        ev_tr = evaluate(factory_tr, theta, clean_tr, xp, args.eval_tol, x0=res.x)
-        ev_te = evaluate(factory_te, theta, clean_te, xp, args.eval_tol)
+            res, err = C.guarded_minimize(problem, upper, to_device(theta0, xp), method, opts)
+        ev_tr = ev_te = None
+        if err is None:
+            theta = to_numpy(res["theta"])
+            thetas[m] = theta
+            ev_tr = evaluate(factory_tr, theta, clean_tr, xp, args.eval_tol, x0=res["x"])
+            ev_te = evaluate(factory_te, theta, clean_te, xp, args.eval_tol)
         extra = {"key": m, "train_eval": ev_tr, "heldout_eval": ev_te, "script_wall_time": t.seconds,
-                 "loss_at_cost": {f"{c:g}": C.value_at_cost(res.history, c)
+                 "error": err,
+                 "loss_at_cost": {f"{c:g}": C.value_at_cost(res["history"], c)
                                   for c in (budget / 10, budget / 3, budget)}}
         runs.append(C.summarize_run(res, label, extra=extra))
         r = runs[-1]
-        print(f"  {label:<18} {r['status']:<17} nit {r['nit']:>5} cost {r['cost']:>8} f {r['fun']:.5g} "
-              f"PSNR train {ev_tr['psnr_mean']:.3f} held-out {ev_te['psnr_mean']:.3f} time {r['wall_time']:.1f}s",
-              flush=True)
+        if err is None:
+            print(f"  {label:<18} {r['status']:<17} nit {r['nit']:>5} cost {r['cost']:>8} f {r['fun']:.5g} "
+                  f"PSNR train {ev_tr['psnr_mean']:.3f} held-out {ev_te['psnr_mean']:.3f} "
+                  f"time {r['wall_time']:.1f}s", flush=True)
+        else:
+            print(f"  {label:<18} FAILED: {err}", flush=True)
 
     tv = None
     if not args.no_tv:
@@ -220,14 +234,15 @@ def main(argv=None):
     noisy_eval = {"train": {"psnr_mean": mean_psnr(noisy_tr, clean_tr), "ssim_mean": mean_ssim(noisy_tr, clean_tr)},
                   "heldout": {"psnr_mean": mean_psnr(noisy_te, clean_te), "ssim_mean": mean_ssim(noisy_te, clean_te)}}
 
-    import io  # noqa: PLC0415
+    import io
 
     buf = io.BytesIO()
     np.savez(buf, theta0=theta0, **{k.replace("-", "_"): v for k, v in thetas.items()})
     atomic_write_bytes(out / "thetas.npz", buf.getvalue())
 
     figs = {}
-    plot_runs = [{"label": r["label"], "method": r["method"], "history": r["history"]} for r in runs]
+    plot_runs = [{"label": r["label"], "method": r["method"], "history": r["history"], "eps0": r["options"]["eps0"]}
+                 for r in runs]
     figs["loss_vs_cost"] = C.plot_loss_vs_cost(
         out / "foe_loss_vs_cost.png", plot_runs, logy=True,
         title=f"FoE {K}×{s}×{s}, {n_images} images {size}²: upper loss vs cost")
@@ -254,10 +269,13 @@ def main(argv=None):
     for r in runs + ([tv] if tv else []):
         lac = r.get("loss_at_cost", {})
         vals = [lac.get(f"{c:g}") for c in (budget / 10, budget / 3, budget)] if lac else [None, None, r["fun"]]
+        tr, ho = r["train_eval"] or {}, r["heldout_eval"] or {}
         print(f"{r['label']:<18}{r['status']:<18}{r['nit']:>6}{r['cost']:>9}"
               + "".join(f"{C.fmt(v, '.5g'):>10}" for v in vals)
-              + f"{r['train_eval']['psnr_mean']:>9.3f}{r['heldout_eval']['psnr_mean']:>9.3f}"
-              f"{r['heldout_eval']['ssim_mean']:>9.4f}{r['wall_time']:>8.1f}")
+              + f"{C.fmt(tr.get('psnr_mean'), '.3f'):>9}{C.fmt(ho.get('psnr_mean'), '.3f'):>9}"
+              f"{C.fmt(ho.get('ssim_mean'), '.4f'):>9}{r['wall_time']:>8.1f}")
+        if r.get("error"):
+            print(f"    {r['error']}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
 

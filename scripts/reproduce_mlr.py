@@ -149,27 +149,35 @@ def _main(args):
                 acc_val.append(float(upper.accuracy(r.x)))
                 acc_test.append(float(test.accuracy(r.x)) if test is not None else None)
 
-        res = vl.minimize_bilevel(problem, upper, theta0, method, options=opts, callback=callback)
-        x = res.x
-        theta = to_numpy(res.theta)
-        extra = {
-            "key": m, "val_accuracy": float(upper.accuracy(x)),
-            "test_accuracy": float(test.accuracy(x)) if test is not None else None,
-            "test_loss": float(test.value(x)) if test is not None else None,
-            "train_accuracy": float(train_loss.accuracy(x)), "train_loss": float(train_loss.value(x)),
-            "val_accuracy_path": acc_val, "test_accuracy_path": acc_test if test is not None else None,
-            "theta_stats": {"min": float(theta.min()), "max": float(theta.max()), "mean": float(theta.mean()),
-                            "mu_final": float(np.exp(theta.min()))},
-        }
+        res, err = C.guarded_minimize(problem, upper, theta0, method, opts, callback=callback)
+        theta = to_numpy(res["theta"])
+        extra = {"key": m, "error": err, "val_accuracy_path": acc_val,
+                 "test_accuracy_path": acc_test if test is not None else None,
+                 "theta_stats": {"min": float(theta.min()), "max": float(theta.max()), "mean": float(theta.mean()),
+                                 "mu_final": float(np.exp(theta.min()))},
+                 "val_accuracy": None, "test_accuracy": None, "test_loss": None, "train_accuracy": None,
+                 "train_loss": None}
+        x = res["x"]
+        if x is not None:
+            extra.update({
+                "val_accuracy": float(upper.accuracy(x)),
+                "test_accuracy": float(test.accuracy(x)) if test is not None else None,
+                "test_loss": float(test.value(x)) if test is not None else None,
+                "train_accuracy": float(train_loss.accuracy(x)), "train_loss": float(train_loss.value(x)),
+            })
         runs.append(C.summarize_run(res, label, extra=extra))
         r = runs[-1]
+        if err is not None:
+            print(f"  {label:<22} FAILED: {err}", flush=True)
+            continue
         print(f"  {label:<22} {r['status']:<17} nit {r['nit']:>4} cost {r['cost']:>7} val loss {r['fun']:.5f} "
               f"val acc {r['val_accuracy']:.4f}" + (f" test acc {r['test_accuracy']:.4f}" if test is not None else "")
               + f" time {r['wall_time']:.0f}s", flush=True)
 
     figs = {}
     plot_runs = [{"label": r["label"], "method": "hoag" if r["method"] == "hoag" else
-                  ("maid" if r["key"] == "maid" else "fixed"), "history": r["history"]} for r in runs]
+                  ("maid" if r["key"] == "maid" else "fixed"), "history": r["history"],
+                  "eps0": r["options"]["eps0"]} for r in runs]
     figs["loss_vs_cost"] = C.plot_loss_vs_cost(
         out / "mlr_loss_vs_cost.png", plot_runs, logy=True, ylabel="validation cross-entropy",
         title=f"MNIST {args.image_size}×{args.image_size} logistic regression ({args.split} split): upper loss vs cost")
@@ -206,9 +214,11 @@ def _main(args):
     print(f"{'method':<24}{'status':<18}{'nit':>5}{'cost':>9}{'val loss':>10}{'val acc':>9}{'test acc':>9}"
           f"{'train acc':>10}{'ε final':>10}{'time s':>8}")
     for r in runs:
-        print(f"{r['label']:<24}{r['status']:<18}{r['nit']:>5}{r['cost']:>9}{r['fun']:>10.5f}{r['val_accuracy']:>9.4f}"
-              f"{C.fmt(r['test_accuracy'], '.4f'):>9}{r['train_accuracy']:>10.4f}{C.fmt(r['eps_final'], '.2e'):>10}"
-              f"{r['wall_time']:>8.0f}")
+        print(f"{r['label']:<24}{r['status']:<18}{r['nit']:>5}{r['cost']:>9}{C.fmt(r['fun'], '.5f'):>10}"
+              f"{C.fmt(r['val_accuracy'], '.4f'):>9}{C.fmt(r['test_accuracy'], '.4f'):>9}"
+              f"{C.fmt(r['train_accuracy'], '.4f'):>10}{C.fmt(r['eps_final'], '.2e'):>10}{r['wall_time']:>8.0f}")
+        if r["error"]:
+            print(f"    {r['error']}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
 

@@ -182,7 +182,8 @@ def main(argv=None):
         fstar=f_star, title=f"quadratic ({conditioning}, cond f = {cond:.3g}): f − f* vs cost")
     figs["eps_path"] = C.plot_eps_path(
         out / "quadratic_eps_path.png",
-        [{"label": r["label"], "method": r["method"], "history": r["history"]} for r in runs if r["method"] == "maid"],
+        [{"label": r["label"], "method": r["method"], "history": r["history"], "eps0": r["options"]["eps0"]}
+         for r in runs if r["method"] == "maid"],
         title="MAID accuracy ε_k (quadratic)")
     plt = C._plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)

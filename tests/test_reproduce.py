@@ -168,6 +168,9 @@ def test_foe_quick(tmp_path, capsys):
     assert keys == ["maid", "hoag-geometric", "hoag-quadratic", "hoag-cubic", "fixed"]
     for r in m["runs"]:
         assert r["cost"] >= 1
+        if r["status"] == "error":                           # a diverging baseline is recorded, not fatal
+            assert r["error"] and r["heldout_eval"] is None
+            continue
         for ev in (r["train_eval"], r["heldout_eval"]):
             assert math.isfinite(ev["psnr_mean"]) and 0 < ev["ssim_mean"] <= 1
     maid = m["runs"][0]
@@ -192,6 +195,7 @@ def test_mlr_quick(tmp_path):
                                              "hoag-cubic"]
     assert m["first_hypergradient"]["step0"] > 0
     for r in m["runs"]:
+        assert r["error"] is None
         assert 0 <= r["val_accuracy"] <= 1 and r["test_accuracy"] is None
         assert r["cost"] >= m["scale"]["budget"] or r["status"] != "budget_exhausted"
         # no history check of the certificate here: the capped lower-level solves (500 iterations) stop
@@ -211,3 +215,20 @@ def test_mlr_holdout_split_quick(tmp_path):
     assert m["scale"]["n_lower"] == 750 and m["scale"]["n_upper"] == 250 and m["scale"]["n_test"] == 500
     for r in m["runs"]:
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
+
+
+def test_guarded_minimize_records_a_failing_run():
+    common = _load("_common")
+    mod = _load("reproduce_quadratic")
+    problem, upper, theta0 = mod.well_conditioned_quadratic(m=60, n=4)
+
+    def explode(r):
+        if r.nit == 3:
+            raise OverflowError("math range error")
+
+    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, callback=explode)
+    assert err.startswith("OverflowError") and res["status"] == "error" and res["nit"] == 3
+    s = common.summarize_run(res, "boom", extra={"error": err})
+    assert s["status"] == "error" and len(s["history"]["cost"]) == 3 and s["cost"] > 0
+    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10})
+    assert err is None and res["status"] == "maxiter"
