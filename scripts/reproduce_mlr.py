@@ -90,6 +90,10 @@ def main(argv=None):
     p.add_argument("--eps0", type=float, default=0.1, help="initial accuracy of MAID and HOAG")
     p.add_argument("--lower-maxiter", type=int, default=None,
                    help="iteration cap of each lower-level solve (default 2000, the reference's; quick 500)")
+    p.add_argument("--maid-step0", type=float, default=None,
+                   help="MAID's initial step α0 (default: HOAG's first step 1/L, as in the paper)")
+    p.add_argument("--maid-rho", type=float, default=0.9,
+                   help="MAID's step decrease ρ in backtracking (the paper's MNIST run: 0.9)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="limit OpenBLAS to this many threads during the runs (default: unchanged; quick 1)")
     args = p.parse_args(argv)
@@ -133,7 +137,8 @@ def _main(args):
     for m in args.methods:
         if m.startswith("maid"):
             method = "maid"
-            opts = {"eps0": args.eps0, "delta0": args.eps0, "rho": 0.9, "nu": 0.5, "nu_inc": 1.05, "step0": step0,
+            opts = {"eps0": args.eps0, "delta0": args.eps0, "rho": args.maid_rho, "nu": 0.5, "nu_inc": 1.05,
+                    "step0": args.maid_step0 or step0,
                     "bound": m == "maid"}
             label = "MAID" if m == "maid" else "MAID, certificate off"
         else:

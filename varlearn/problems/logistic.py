@@ -89,26 +89,62 @@ def _sq_spectral_norm(a):
     return max(lam, 0.0) * (1.0 + _EIG_SLACK)
 
 
-def _softmax_ce(features, labels, w, rows):
-    """Mean cross-entropy of ``features @ w`` against ``labels`` and the row softmax S.
+class _ClassMajor:
+    """Features stored transposed, ``(d, n)`` C-contiguous, with the label positions.
 
-    Stable: the row maximum is subtracted before exponentiating.
+    Scores are formed class-major, ``Z^T = W^T A^T`` of shape ``(c, n)``: the
+    products with ``A`` then run as wide GEMMs and the row-wise softmax becomes
+    ``c`` contiguous vector passes, about twice as fast as the row-major layout
+    for the tall, narrow MNIST problem (``n = 60000``, ``d = 144``, ``c = 10``).
     """
-    xp = get_namespace(features, w)
-    z = features @ w
-    zmax = z.max(axis=1, keepdims=True)
-    e = xp.exp(z - zmax)
-    s_sum = e.sum(axis=1, keepdims=True)
-    lse = zmax[:, 0] + xp.log(s_sum[:, 0])
-    ce = xp.mean(lse - z[rows, labels])
-    s = e / s_sum
-    return ce, s
 
+    def __init__(self, a, labels):
+        xp = get_namespace(a)
+        self.xp = xp
+        self.ft = xp.ascontiguousarray(a.T)          # (d, n)
+        self.n = int(a.shape[0])
+        self.labels = labels
+        self._flat = {}
 
-def _ce_grad_from_softmax(features, labels, s, rows):
-    """Aᵀ(S − Y)/n without forming Y (S is overwritten)."""
-    s[rows, labels] -= 1.0
-    return (features.T @ s) / features.shape[0]
+    def flat_labels(self, c):
+        """Positions of the true-class entries in a raveled ``(c, n)`` array."""
+        idx = self._flat.get(c)
+        if idx is None:
+            idx = self.labels * self.n + self.xp.arange(self.n)
+            self._flat[c] = idx
+        return idx
+
+    def scores(self, w):
+        """``(A W)^T``, shape ``(c, n)``, C-contiguous."""
+        return self.xp.ascontiguousarray(w.T @ self.ft)
+
+    def softmax_ce(self, w, want_softmax=True):
+        """Mean cross-entropy of ``A W`` and, if asked, the softmax ``S^T`` of shape ``(c, n)``.
+
+        Stable: the column (sample) maximum is subtracted before exponentiating.
+        """
+        xp = self.xp
+        zt = self.scores(w)
+        zt -= zt.max(axis=0)
+        z_true = zt.reshape(-1)[self.flat_labels(zt.shape[0])]
+        xp.exp(zt, out=zt)
+        ssum = zt.sum(axis=0)
+        ce = xp.mean(xp.log(ssum) - z_true)
+        if not want_softmax:
+            return ce, None
+        zt /= ssum
+        return ce, zt
+
+    def grad_from_softmax(self, st):
+        """``A^T (S - Y) / n`` from ``S^T`` (overwritten), shape ``(d, c)``."""
+        st.reshape(-1)[self.flat_labels(st.shape[0])] -= 1.0
+        return (st @ self.ft.T).T / self.n
+
+    def hvp_ce(self, st, v):
+        """``A^T [S (A V) - S rowsum(S (A V))] / n`` from ``S^T``, shape ``(d, c)``."""
+        sp = st * (v.T @ self.ft)
+        sp -= st * sp.sum(axis=0)
+        return (sp @ self.ft.T).T / self.n
 
 
 def _check_w(w, shape, name="x"):
@@ -163,7 +199,9 @@ class MultinomialLogisticProblem(LowerProblem):
         xp = self.xp
         n, d = a.shape
         y, _ = _as_labels(labels, n, xp, "labels", n_classes)
-        self.features = a
+        self._cm = _ClassMajor(a, y)
+        # the original row-major array is not kept: ``features`` is a view of the transposed copy
+        self.features = self._cm.ft.T
         self.labels = y
         self.n_samples = int(n)
         self.n_features = int(d)
@@ -171,7 +209,6 @@ class MultinomialLogisticProblem(LowerProblem):
         self.dtype = a.dtype
         self.x_shape = (int(d), int(n_classes))
         self.n_params = int(d) * int(n_classes)
-        self._rows = xp.arange(n)
         # ‖A‖₂² and max_i ‖a_i‖, once (d×d eigenproblem, float64)
         self._a_norm_sq = _sq_spectral_norm(a)
         a64 = a.astype(xp.float64, copy=False)
@@ -204,33 +241,30 @@ class MultinomialLogisticProblem(LowerProblem):
     def value(self, x, theta):
         _check_w(x, self.x_shape)
         lam = self._ridge(theta)
-        ce, _ = _softmax_ce(self.features, self.labels, x, self._rows)
+        ce, _ = self._cm.softmax_ce(x, want_softmax=False)
         return ce + 0.5 * self.xp.sum(lam * x * x)
 
     def grad(self, x, theta):
         _check_w(x, self.x_shape)
         lam = self._ridge(theta)
-        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
-        return _ce_grad_from_softmax(self.features, self.labels, s, self._rows) + lam * x
+        _, st = self._cm.softmax_ce(x)
+        return self._cm.grad_from_softmax(st) + lam * x
 
     def _softmax_at(self, x):
         xp = self.xp
         if (self._cache_w is not None and self._cache_w.dtype == x.dtype
                 and bool(xp.array_equal(self._cache_w, x))):
             return self._cache_s
-        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
+        _, st = self._cm.softmax_ce(x)
         self._cache_w = x.copy()
-        self._cache_s = s
-        return s
+        self._cache_s = st
+        return st
 
     def hvp(self, x, theta, v):
         _check_w(x, self.x_shape)
         _check_w(v, self.x_shape, "v")
         lam = self._ridge(theta)
-        s = self._softmax_at(x)
-        sp = s * (self.features @ v)
-        t = sp - s * sp.sum(axis=1, keepdims=True)
-        return (self.features.T @ t) / self.n_samples + lam * v
+        return self._cm.hvp_ce(self._softmax_at(x), v) + lam * v
 
     def mixed_vjp(self, x, theta, w):
         _check_w(x, self.x_shape)
@@ -307,13 +341,13 @@ class CrossEntropy(UpperLoss):
         a = _as_features(features, "features")
         xp = get_namespace(a)
         y, hi = _as_labels(labels, a.shape[0], xp, "labels", n_classes)
-        self.features = a
+        self._cm = _ClassMajor(a, y)
+        self.features = self._cm.ft.T
         self.labels = y
         self.n_samples = int(a.shape[0])
         self.n_features = int(a.shape[1])
         self.n_classes = n_classes
         self._min_classes = max(hi + 1, 2)
-        self._rows = xp.arange(a.shape[0])
         self._a_norm_sq = _sq_spectral_norm(a)
 
     def _check(self, x):
@@ -326,13 +360,13 @@ class CrossEntropy(UpperLoss):
 
     def value(self, x):
         self._check(x)
-        ce, _ = _softmax_ce(self.features, self.labels, x, self._rows)
+        ce, _ = self._cm.softmax_ce(x, want_softmax=False)
         return ce
 
     def grad(self, x):
         self._check(x)
-        _, s = _softmax_ce(self.features, self.labels, x, self._rows)
-        return _ce_grad_from_softmax(self.features, self.labels, s, self._rows)
+        _, st = self._cm.softmax_ce(x)
+        return self._cm.grad_from_softmax(st)
 
     def lipschitz(self):
         return 0.5 * self._a_norm_sq / self.n_samples
@@ -341,7 +375,7 @@ class CrossEntropy(UpperLoss):
         """Fraction of validation rows whose largest score ``(A_val W)_i`` is at the true label."""
         self._check(x)
         xp = get_namespace(self.features, x)
-        pred = xp.argmax(self.features @ x, axis=1)
+        pred = xp.argmax(self._cm.scores(x), axis=0)
         return float(xp.mean((pred == self.labels).astype(xp.float64)))
 
     def __repr__(self):
