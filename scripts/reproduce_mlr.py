@@ -11,7 +11,11 @@ on a validation set.  Methods at equal cost (``--budget``):
   (μ = min e^θ, L_H, L_J);
 * ``maid-nobound``: the same with the certificate off (``bound=False``): ε is
   only adapted by line-search failures (the deepinv default); accepted steps
-  are still certified decreases of f;
+  are still certified decreases of f.  Its α0 and ρ can be set apart
+  (``--nobound-step0``, ``--nobound-rho``): with the paper's α0 (≈ 1400 at
+  θ0 = −3) the first trial points have ridge weights near e^−17, whose lower
+  problems cannot be certified within ``--lower-maxiter`` iterations, so
+  MAID spends its first ~10^4 iterations backtracking;
 * ``hoag-geometric``, ``hoag-quadratic``, ``hoag-cubic``: HOAG (ε0 = 0.1).
 
 ``--split paper`` (default) is the paper's setup: the lower level uses the
@@ -91,9 +95,13 @@ def main(argv=None):
     p.add_argument("--lower-maxiter", type=int, default=None,
                    help="iteration cap of each lower-level solve (default 2000, the reference's; quick 500)")
     p.add_argument("--maid-step0", type=float, default=None,
-                   help="MAID's initial step α0 (default: HOAG's first step 1/L, as in the paper)")
+                   help="initial step α0 of 'maid' (default: HOAG's first step 1/L, as in the paper)")
     p.add_argument("--maid-rho", type=float, default=0.9,
-                   help="MAID's step decrease ρ in backtracking (the paper's MNIST run: 0.9)")
+                   help="step decrease ρ of 'maid' in backtracking (the paper's MNIST run: 0.9)")
+    p.add_argument("--nobound-step0", type=float, default=None,
+                   help="initial step α0 of 'maid-nobound' (default: the same as 'maid')")
+    p.add_argument("--nobound-rho", type=float, default=None,
+                   help="step decrease ρ of 'maid-nobound' (default: the same as 'maid')")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="limit OpenBLAS to this many threads during the runs (default: unchanged; quick 1)")
     args = p.parse_args(argv)
@@ -137,10 +145,16 @@ def _main(args):
     for m in args.methods:
         if m.startswith("maid"):
             method = "maid"
-            opts = {"eps0": args.eps0, "delta0": args.eps0, "rho": args.maid_rho, "nu": 0.5, "nu_inc": 1.05,
-                    "step0": args.maid_step0 or step0,
+            maid_step0 = args.maid_step0 if args.maid_step0 is not None else step0
+            if m == "maid":
+                alpha0, rho = maid_step0, args.maid_rho
+            else:
+                alpha0 = args.nobound_step0 if args.nobound_step0 is not None else maid_step0
+                rho = args.nobound_rho if args.nobound_rho is not None else args.maid_rho
+            opts = {"eps0": args.eps0, "delta0": args.eps0, "rho": rho, "nu": 0.5, "nu_inc": 1.05, "step0": alpha0,
                     "bound": m == "maid"}
-            label = "MAID" if m == "maid" else "MAID, certificate off"
+            label = (f"MAID (α0={alpha0:.4g}, ρ={rho:g})" if m == "maid"
+                     else f"MAID, certificate off (α0={alpha0:.4g}, ρ={rho:g})")
         else:
             method = "hoag"
             decay = m.split("-", 1)[1]
@@ -173,9 +187,9 @@ def _main(args):
         runs.append(C.summarize_run(res, label, extra=extra))
         r = runs[-1]
         if err is not None:
-            print(f"  {label:<22} FAILED: {err}", flush=True)
+            print(f"  {label:<40} FAILED: {err}", flush=True)
             continue
-        print(f"  {label:<22} {r['status']:<17} nit {r['nit']:>4} cost {r['cost']:>7} val loss {r['fun']:.5f} "
+        print(f"  {label:<40} {r['status']:<17} nit {r['nit']:>4} cost {r['cost']:>7} val loss {r['fun']:.5f} "
               f"val acc {r['val_accuracy']:.4f}" + (f" test acc {r['test_accuracy']:.4f}" if test is not None else "")
               + f" time {r['wall_time']:.0f}s", flush=True)
 
@@ -216,10 +230,10 @@ def _main(args):
 
     print(f"MNIST {args.image_size}x{args.image_size}, split {args.split}: {data['desc']}")
     print(f"alpha0 = 1/L = {step0:.6g} (L = ||z0||/sqrt(p) = {L0:.4g}); budget {budget:g}")
-    print(f"{'method':<24}{'status':<18}{'nit':>5}{'cost':>9}{'val loss':>10}{'val acc':>9}{'test acc':>9}"
+    print(f"{'method':<42}{'status':<18}{'nit':>5}{'cost':>9}{'val loss':>10}{'val acc':>9}{'test acc':>9}"
           f"{'train acc':>10}{'ε final':>10}{'time s':>8}")
     for r in runs:
-        print(f"{r['label']:<24}{r['status']:<18}{r['nit']:>5}{r['cost']:>9}{C.fmt(r['fun'], '.5f'):>10}"
+        print(f"{r['label']:<42}{r['status']:<18}{r['nit']:>5}{r['cost']:>9}{C.fmt(r['fun'], '.5f'):>10}"
               f"{C.fmt(r['val_accuracy'], '.4f'):>9}{C.fmt(r['test_accuracy'], '.4f'):>9}"
               f"{C.fmt(r['train_accuracy'], '.4f'):>10}{C.fmt(r['eps_final'], '.2e'):>10}{r['wall_time']:>8.0f}")
         if r["error"]:
