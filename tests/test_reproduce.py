@@ -178,6 +178,9 @@ def test_foe_quick(tmp_path, capsys):
     assert maid["fun"] <= m["runs"][-1]["fun"]                # MAID vs fixed ε = 0.1
     assert maid["heldout_eval"]["psnr_mean"] > m["noisy"]["heldout"]["psnr_mean"]
     assert m["tv_baseline"] is not None
+    ch = m["chambolle_baseline"]
+    assert 0.01 / 1.15 <= ch["weight"] <= 0.5 * 1.15 and ch["psnr_mean"] > m["noisy"]["heldout"]["psnr_mean"]
+    assert 0 < ch["ssim_mean"] <= 1
     with np.load(tmp_path / "thetas.npz", allow_pickle=False) as z:
         assert z["maid"].shape == (sc["n_params"],)
         assert set(z.files) >= {"theta0", "maid", "hoag_cubic", "fixed", "tv"}
@@ -209,9 +212,13 @@ def test_mlr_quick(tmp_path):
 def test_mlr_holdout_split_quick(tmp_path):
     mod = _load("reproduce_mlr")
     assert mod.main(["--quick", "--split", "holdout", "--methods", "maid-nobound", "hoag-cubic",
+                     "--nobound-step0", "7.5", "--nobound-rho", "0.5",
                      "--budget", "2000", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
     m = _metrics(tmp_path)
     assert m["split"] == "holdout"
+    nob = m["runs"][0]
+    assert nob["key"] == "maid-nobound" and nob["options"]["step0"] == 7.5 and nob["options"]["rho"] == 0.5
+    assert nob["options"]["bound"] is False
     assert m["scale"]["n_lower"] == 750 and m["scale"]["n_upper"] == 250 and m["scale"]["n_test"] == 500
     for r in m["runs"]:
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
