@@ -13,9 +13,12 @@ CUDA kernels), it measures the time of
 * the peak memory of a lower-level solve in units of one image stack
   (tracemalloc on NumPy, a private CuPy memory pool on the GPU),
 
-fits the exponent of time against pixels x images from the two sizes, and
+fits the exponent of time against pixels x images from the two sizes,
 times the Field-of-Experts operations (48 filters of 7x7 on 20x256^2, from
-``scripts/_bench_foe.py``).  Timings on shared machines are noisy: compare the
+``scripts/_bench_foe.py``), and times multinomial logistic regression at the
+MNIST experiment's shape (60000 x 144 features, 10 classes): gradient, value
+and Hessian-vector product of ``MultinomialLogisticProblem`` against a plain
+row-major reference gradient written here (``A @ W``, row softmax, ``A.T @ S``).  Timings on shared machines are noisy: compare the
 ratios of one run, not absolute times of different runs.
 
 Usage::
@@ -250,6 +253,43 @@ def bench_foe_all(xp, dtype, settings, repeat):
     }
 
 
+def _reference_logistic_grad(xp, a, labels, w, lam):
+    """Row-major reference: ``A^T (softmax(A W) - Y) / n + lam * W`` (the layout before the class-major one)."""
+    z = a @ w
+    z -= z.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e / e.sum(axis=1, keepdims=True)
+    s[xp.arange(a.shape[0]), labels] -= 1.0
+    return (a.T @ s) / a.shape[0] + lam * w
+
+
+def bench_logistic(xp, dtype, shape, repeat, rng):
+    """Times of the logistic-regression problem at ``shape = (n, d, c)``, and its ratio to the reference."""
+    n, d, c = shape
+    a = xp.asarray(rng.rand(n, d)).astype(dtype)
+    labels = xp.asarray(rng.randint(0, c, size=n))
+    problem = vl.MultinomialLogisticProblem(a, labels, c)
+    theta = xp.asarray(np.full(problem.n_params, -3.0))
+    w = xp.asarray(0.1 * rng.randn(d, c)).astype(dtype)
+    v = xp.asarray(rng.randn(d, c)).astype(dtype)
+    lam = xp.exp(theta).astype(dtype).reshape(d, c)
+    g_ref = _reference_logistic_grad(xp, a, labels, w, lam)
+    err = float(xp.abs(problem.grad(w, theta) - g_ref).max() / max(float(xp.abs(g_ref).max()), 1e-300))
+    times = {
+        "copy": _time(xp, lambda: a.copy(), repeat),
+        "grad": _time(xp, lambda: problem.grad(w, theta), repeat),
+        "value": _time(xp, lambda: problem.value(w, theta), repeat),
+        "hvp": _time(xp, lambda: problem.hvp(w, theta, v), repeat),
+        "grad_ref": _time(xp, lambda: _reference_logistic_grad(xp, a, labels, w, lam), repeat),
+    }
+    return {
+        "model": "logistic", "backend": "cupy" if _is_cupy(xp) else "numpy", "dtype": np.dtype(dtype).name,
+        "settings": {"n": n, "d": d, "c": c}, "times": times, "grad_rel_diff_to_ref": err,
+        "ratios_to_copy": {k: t["best"] / times["copy"]["best"] for k, t in times.items() if k != "copy"},
+        "speedup_over_ref": times["grad_ref"]["best"] / times["grad"]["best"],
+    }
+
+
 # ---------------------------------------------------------------------- report
 def _ms(t):
     return f"{t * 1e3:9.3f}" if t < 1 else f"{t * 1e3:9.0f}"
@@ -303,6 +343,19 @@ def print_foe(results):
               f"{s['n_filters']}x{s['filter_size']}^2: copy {r['times']['copy']['best'] * 1e3:.3f}  {cells}")
 
 
+def print_logistic(results):
+    rows = [r for r in results if r["model"] == "logistic"]
+    if not rows:
+        return
+    print("\nMultinomial logistic regression (ms per call, best of the samples; ref = row-major reference gradient):")
+    for r in rows:
+        s, t = r["settings"], r["times"]
+        print(f"  {r['backend']:6s} {r['dtype']:7s} {s['n']}x{s['d']}, {s['c']} classes: "
+              + "  ".join(f"{k} {t[k]['best'] * 1e3:.2f}" for k in ("copy", "grad", "value", "hvp", "grad_ref"))
+              + f"  -> gradient {r['speedup_over_ref']:.2f}x faster than the reference "
+              f"(max rel. difference {r['grad_rel_diff_to_ref']:.1e})")
+
+
 def _meta(backends):
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "accelerated": _accel.accelerated()}
@@ -344,6 +397,9 @@ def main(argv=None):
     parser.add_argument("--foe-backend", choices=["numpy", "cupy", "all", "none"], default=None,
                         help="backend(s) for the Field-of-Experts timings (default: --backend)")
     parser.add_argument("--foe-images", type=int, default=None, help="images in the FoE stack (default 20)")
+    parser.add_argument("--logistic-rows", type=int, default=None,
+                        help="rows of the logistic-regression features (default 60000, MNIST; quick 2000; "
+                             "0 skips it)")
     args = parser.parse_args(argv)
 
     # the GPU first: on a lent machine its numbers matter most (the JSON is written as we go)
@@ -399,6 +455,11 @@ def main(argv=None):
                 if r is not None:
                     results.append(r)
                     save()
+            n_rows = args.logistic_rows if args.logistic_rows is not None else (2000 if args.quick else 60000)
+            if n_rows > 0:
+                r = bench_logistic(xp, dtype, (n_rows, 144, 10), repeat, rng)
+                results.append(r)
+                save()
         if backend == "cupy":
             xp.get_default_memory_pool().free_all_blocks()
 
@@ -408,6 +469,7 @@ def main(argv=None):
     fits = fit_exponents(tv_results)
     print_exponents(fits)
     print_foe(results)
+    print_logistic(results)
     with contextlib.suppress(Exception):
         import numba
 

@@ -49,6 +49,13 @@ def test_benchmark_quick_numpy(tmp_path, capsys):
     times = list(_times(data["results"]))
     assert len(times) >= 8 * 7
     assert all(math.isfinite(t) and t > 0 for t in times)
+    lg = [r for r in data["results"] if r["model"] == "logistic"]
+    assert len(lg) == 2 and {r["dtype"] for r in lg} == {"float32", "float64"}
+    for r in lg:
+        assert set(r["times"]) == {"copy", "grad", "value", "hvp", "grad_ref"}
+        # the class-major gradient is the reference gradient, up to rounding
+        assert r["grad_rel_diff_to_ref"] < (1e-4 if r["dtype"] == "float32" else 1e-12)
+    assert "logistic regression" in printed
     assert len(data["exponents"]) == 4
     assert all(math.isfinite(f["fista_step"]) for f in data["exponents"])
 
