@@ -329,19 +329,28 @@ class FailedRun(dict):
 
 
 def guarded_minimize(problem, upper, theta0, method, options, callback=None,
-                     errors=(ArithmeticError, ValueError, np.linalg.LinAlgError)):
+                     errors=(ArithmeticError, ValueError, np.linalg.LinAlgError), progress_every=60.0):
     """``minimize_bilevel`` that survives a numerical failure of a run.
 
     Returns ``(result, error)``: the :class:`~varlearn.BilevelResult` and
     ``None``, or a :class:`FailedRun` (partial history, last θ) and the error
     text, so that one diverging baseline does not end the whole experiment.
+    Prints one progress line (iteration, cost, loss, ε) at most every
+    ``progress_every`` seconds (``None``: never).
     """
     rows = []
     last_theta = [theta0]
+    last_print = [time.perf_counter()]
 
     def cb(r):
         rows.append(dict(r.row))
         last_theta[0] = r.theta
+        now = time.perf_counter()
+        if progress_every is not None and now - last_print[0] >= progress_every:
+            last_print[0] = now
+            row = r.row
+            print(f"    ... {method}: iteration {row['iter']}, cost {row['cost']}, loss {fmt(row['fun'], '.6g')}, "
+                  f"eps {fmt(row['eps'], '.2e')}", flush=True)
         if callback is not None:
             callback(r)
 

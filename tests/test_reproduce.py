@@ -224,7 +224,7 @@ def test_mlr_holdout_split_quick(tmp_path):
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
 
 
-def test_guarded_minimize_records_a_failing_run():
+def test_guarded_minimize_records_a_failing_run(capsys):
     common = _load("_common")
     mod = _load("reproduce_quadratic")
     problem, upper, theta0 = mod.well_conditioned_quadratic(m=60, n=4)
@@ -237,5 +237,9 @@ def test_guarded_minimize_records_a_failing_run():
     assert err.startswith("OverflowError") and res["status"] == "error" and res["nit"] == 3
     s = common.summarize_run(res, "boom", extra={"error": err})
     assert s["status"] == "error" and len(s["history"]["cost"]) == 3 and s["cost"] > 0
-    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10})
+    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, progress_every=0.0)
     assert err is None and res["status"] == "maxiter"
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "... maid: iteration" in ln]
+    assert len(lines) == 10 and "cost" in lines[-1] and "iteration 10," in lines[-1]
+    common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 3}, progress_every=None)
+    assert "iteration" not in capsys.readouterr().out
