@@ -267,8 +267,10 @@ def main(argv=None):
     figs = {}
     plot_runs = [{"label": r["label"], "method": r["method"], "history": r["history"], "eps0": r["options"]["eps0"]}
                  for r in runs]
+    tv_curve = [] if tv is None else [{"label": "learned TV (MAID), same data", "method": "maid",
+                                       "history": tv["history"], "linestyle": "-.", "color": "k"}]
     figs["loss_vs_cost"] = C.plot_loss_vs_cost(
-        out / "foe_loss_vs_cost.png", plot_runs, logy=True,
+        out / "foe_loss_vs_cost.png", plot_runs + tv_curve, logy=True,
         title=f"FoE {K}×{s}×{s}, {n_images} images {size}²: upper loss vs cost")
     figs["eps_path"] = C.plot_eps_path(out / "foe_eps_path.png", plot_runs, title="FoE: accuracy ε_k (MAID vs HOAG)")
     key = "maid" if "maid" in thetas else next(iter(thetas))
