@@ -401,7 +401,10 @@ def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="f
     """Upper-level loss (or its gap ``f - f*`` when ``fstar`` is given) against cumulative cost.
 
     ``runs``: list of dicts with ``label``, ``method`` and ``history`` (the
-    column dict of :func:`summarize_run`).  Log-scaled cost axis.
+    column dict of :func:`summarize_run`).  Log-scaled cost axis.  Drawn as a
+    staircase: the loss at a cost is that of the last iterate completed by
+    then (a straight line between two iterates far apart in cost would show
+    losses no run had).
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
@@ -413,7 +416,8 @@ def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="f
             val = val - fstar
             pos = val[val > 0]
             floor = min(floor, pos.min()) if (floor is not None and pos.size) else (pos.min() if pos.size else floor)
-        ax.plot(np.maximum(cost, 1.0), val, _style(run), label=run["label"], lw=1.2, color=color)
+        ax.plot(np.maximum(cost, 1.0), val, _style(run), label=run["label"], lw=1.2, color=color,
+                drawstyle="steps-post")
     ax.set_xscale("log")
     if fstar is not None or logy:
         ax.set_yscale("log")

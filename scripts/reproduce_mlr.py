@@ -80,6 +80,39 @@ def load(args, quick):
                     f"test: first {n_test} test digits (never used for learning)"}
 
 
+def make_figures(out, runs, image_size, split):
+    """Loss vs cost, ε path and validation accuracy vs cost, from the ``runs`` of ``metrics.json``.
+
+    Returns ``{name: path}``.  Accuracy, like the loss, is drawn as a staircase
+    (that of the last iterate completed at each cost).
+    """
+    figs = {}
+    plot_runs = [{"label": r["label"], "method": "hoag" if r["method"] == "hoag" else
+                  ("maid" if r["key"] == "maid" else "fixed"), "history": r["history"],
+                  "eps0": r["options"]["eps0"]} for r in runs]
+    figs["loss_vs_cost"] = C.plot_loss_vs_cost(
+        out / "mlr_loss_vs_cost.png", plot_runs, logy=True, ylabel="validation cross-entropy",
+        title=f"MNIST {image_size}×{image_size} logistic regression ({split} split): upper loss vs cost")
+    figs["eps_path"] = C.plot_eps_path(out / "mlr_eps_path.png", plot_runs, title="MNIST: accuracy ε_k")
+    plt = C._plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
+    for r, pr in zip(runs, plot_runs):
+        cost = np.asarray(r["history"]["cost"][1:len(r["val_accuracy_path"]) + 1], dtype=float)
+        acc = np.asarray(r["val_accuracy_path"][:cost.size], dtype=float)
+        ax.plot(np.maximum(cost, 1), acc, C._STYLES[pr["method"]], lw=1.0, label=r["label"], drawstyle="steps-post")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost (lower-level + CG iterations)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"MNIST ({split} split): validation accuracy vs cost", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "mlr_accuracy_vs_cost.png")
+    plt.close(fig)
+    figs["accuracy_vs_cost"] = out / "mlr_accuracy_vs_cost.png"
+    return figs
+
+
 def main(argv=None):
     p = C.make_parser(__doc__.splitlines()[0], seed=23, out="results/mlr")
     p.add_argument("--split", choices=["paper", "holdout"], default="paper",
@@ -193,30 +226,7 @@ def _main(args):
               f"val acc {r['val_accuracy']:.4f}" + (f" test acc {r['test_accuracy']:.4f}" if test is not None else "")
               + f" time {r['wall_time']:.0f}s", flush=True)
 
-    figs = {}
-    plot_runs = [{"label": r["label"], "method": "hoag" if r["method"] == "hoag" else
-                  ("maid" if r["key"] == "maid" else "fixed"), "history": r["history"],
-                  "eps0": r["options"]["eps0"]} for r in runs]
-    figs["loss_vs_cost"] = C.plot_loss_vs_cost(
-        out / "mlr_loss_vs_cost.png", plot_runs, logy=True, ylabel="validation cross-entropy",
-        title=f"MNIST {args.image_size}×{args.image_size} logistic regression ({args.split} split): upper loss vs cost")
-    figs["eps_path"] = C.plot_eps_path(out / "mlr_eps_path.png", plot_runs, title="MNIST: accuracy ε_k")
-    plt = C._plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
-    for r, pr in zip(runs, plot_runs):
-        cost = np.asarray(r["history"]["cost"][1:len(r["val_accuracy_path"]) + 1], dtype=float)
-        acc = np.asarray(r["val_accuracy_path"][:cost.size], dtype=float)
-        ax.plot(np.maximum(cost, 1), acc, C._STYLES[pr["method"]], lw=1.0, label=r["label"])
-    ax.set_xscale("log")
-    ax.set_xlabel("cost (lower-level + CG iterations)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"MNIST ({args.split} split): validation accuracy vs cost", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "mlr_accuracy_vs_cost.png")
-    plt.close(fig)
-    figs["accuracy_vs_cost"] = out / "mlr_accuracy_vs_cost.png"
+    figs = make_figures(out, runs, args.image_size, args.split)
 
     metrics = {
         "experiment": "mlr", "quick": quick, "split": args.split, "seed": args.seed, "data": data["desc"],
