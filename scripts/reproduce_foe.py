@@ -226,11 +226,11 @@ def main(argv=None):
         runs.append(C.summarize_run(res, label, extra=extra))
         r = runs[-1]
         if err is None:
-            print(f"  {label:<18} {r['status']:<17} nit {r['nit']:>5} cost {r['cost']:>8} f {r['fun']:.5g} "
+            print(f"  {label:<26} {r['status']:<17} nit {r['nit']:>5} cost {r['cost']:>8} f {r['fun']:.5g} "
                   f"PSNR train {ev_tr['psnr_mean']:.3f} held-out {ev_te['psnr_mean']:.3f} "
                   f"time {r['wall_time']:.1f}s", flush=True)
         else:
-            print(f"  {label:<18} FAILED: {err}", flush=True)
+            print(f"  {label:<26} FAILED: {err}", flush=True)
 
     tv = None
     if not args.no_tv:
@@ -291,20 +291,20 @@ def main(argv=None):
           f"FoE: {K} filters {s}x{s} ({reg.n_params} parameters), train Kodak {train_idx[0]}..{train_idx[-1]} "
           f"({n_images} images {size}x{size}), held-out {test_idx}; budget {budget:g}")
     print(f"noisy PSNR train {noisy_eval['train']['psnr_mean']:.3f}, held-out {noisy_eval['heldout']['psnr_mean']:.3f}")
-    print(f"{'method':<18}{'status':<18}{'nit':>6}{'cost':>9}{'f@B/10':>10}{'f@B/3':>10}{'f@B':>10}"
+    print(f"{'method':<26}{'status':<18}{'nit':>6}{'cost':>9}{'f@B/10':>10}{'f@B/3':>10}{'f@B':>10}"
           f"{'PSNR tr':>9}{'PSNR ho':>9}{'SSIM ho':>9}{'time s':>8}")
     for r in runs + ([tv] if tv else []):
         lac = r.get("loss_at_cost", {})
         vals = [lac.get(f"{c:g}") for c in (budget / 10, budget / 3, budget)] if lac else [None, None, r["fun"]]
         tr, ho = r["train_eval"] or {}, r["heldout_eval"] or {}
-        print(f"{r['label']:<18}{r['status']:<18}{r['nit']:>6}{r['cost']:>9}"
+        print(f"{r['label']:<26}{r['status']:<18}{r['nit']:>6}{r['cost']:>9}"
               + "".join(f"{C.fmt(v, '.5g'):>10}" for v in vals)
               + f"{C.fmt(tr.get('psnr_mean'), '.3f'):>9}{C.fmt(ho.get('psnr_mean'), '.3f'):>9}"
               f"{C.fmt(ho.get('ssim_mean'), '.4f'):>9}{r['wall_time']:>8.1f}")
         if r.get("error"):
             print(f"    {r['error']}")
     if chambolle:
-        print(f"{'TV chambolle':<18}{'best weight':<18}{'':>6}{'':>9}{'':>10}{'':>10}{'':>10}"
+        print(f"{'TV chambolle':<26}{'best weight':<18}{'':>6}{'':>9}{'':>10}{'':>10}{'':>10}"
               f"{chambolle['train_psnr_mean']:>9.3f}{chambolle['psnr_mean']:>9.3f}{chambolle['ssim_mean']:>9.4f}"
               f"{chambolle['search_time']:>8.1f}")
     print(f"wrote {out / 'metrics.json'}")
