@@ -179,6 +179,33 @@ def test_crossentropy_accuracy_and_value(xp):
     assert float(ce.value(xp.asarray(W))) == pytest.approx(ref, rel=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_logistic_matches_row_major_formulas(xp, dtype):
+    """The class-major kernels equal the textbook row-major formulas (any input memory layout)."""
+    A, labels = _logistic_data(seed=5, n=37, d=6, c=4)
+    rng = np.random.default_rng(1)
+    theta = rng.uniform(-4, 0, 24)
+    W = rng.standard_normal((4, 6)).T                     # a non-contiguous (6, 4) view
+    V = rng.standard_normal((6, 4))
+    prob = vl.MultinomialLogisticProblem(xp.asarray(np.asfortranarray(A).astype(dtype)), xp.asarray(labels), 4)
+    lam = np.exp(theta).reshape(6, 4)
+    Z = A @ W
+    S = np.exp(Z - Z.max(axis=1, keepdims=True))
+    S /= S.sum(axis=1, keepdims=True)
+    Y = np.eye(4)[labels]
+    value = np.mean(-np.log(S[np.arange(37), labels])) + 0.5 * np.sum(lam * W * W)
+    grad = A.T @ (S - Y) / 37 + lam * W
+    AV = A @ V
+    hvp = A.T @ (S * AV - S * (S * AV).sum(axis=1, keepdims=True)) / 37 + lam * V
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    th, w, v = xp.asarray(theta), xp.asarray(W.astype(dtype)), xp.asarray(V.astype(dtype))
+    np.testing.assert_allclose(float(prob.value(w, th)), value, rtol=rtol)
+    np.testing.assert_allclose(to_numpy(prob.grad(w, th)), grad, rtol=rtol, atol=rtol * np.abs(grad).max())
+    np.testing.assert_allclose(to_numpy(prob.hvp(w, th, v)), hvp, rtol=rtol, atol=rtol * np.abs(hvp).max())
+    assert prob.grad(w, th).dtype == dtype
+    np.testing.assert_array_equal(to_numpy(prob.features), A.astype(dtype))
+
+
 # ---------------------------------------------------------------------- solver certificates
 @pytest.mark.parametrize("tol", TOLS)
 def test_quadratic_solve_certificate(xp, tol):

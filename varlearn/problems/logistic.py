@@ -104,15 +104,8 @@ class _ClassMajor:
         self.ft = xp.ascontiguousarray(a.T)          # (d, n)
         self.n = int(a.shape[0])
         self.labels = labels
-        self._flat = {}
-
-    def flat_labels(self, c):
-        """Positions of the true-class entries in a raveled ``(c, n)`` array."""
-        idx = self._flat.get(c)
-        if idx is None:
-            idx = self.labels * self.n + self.xp.arange(self.n)
-            self._flat[c] = idx
-        return idx
+        # positions of the true-class entries in a raveled (c, n) array (the same for any c)
+        self.flat_labels = labels * self.n + xp.arange(self.n)
 
     def scores(self, w):
         """``(A W)^T``, shape ``(c, n)``, C-contiguous."""
@@ -126,7 +119,7 @@ class _ClassMajor:
         xp = self.xp
         zt = self.scores(w)
         zt -= zt.max(axis=0)
-        z_true = zt.reshape(-1)[self.flat_labels(zt.shape[0])]
+        z_true = zt.reshape(-1)[self.flat_labels]
         xp.exp(zt, out=zt)
         ssum = zt.sum(axis=0)
         ce = xp.mean(xp.log(ssum) - z_true)
@@ -137,7 +130,7 @@ class _ClassMajor:
 
     def grad_from_softmax(self, st):
         """``A^T (S - Y) / n`` from ``S^T`` (overwritten), shape ``(d, c)``."""
-        st.reshape(-1)[self.flat_labels(st.shape[0])] -= 1.0
+        st.reshape(-1)[self.flat_labels] -= 1.0
         return (st @ self.ft.T).T / self.n
 
     def hvp_ce(self, st, v):
