@@ -197,6 +197,9 @@ def test_mlr_quick(tmp_path):
     assert [r["key"] for r in m["runs"]] == ["maid", "maid-nobound", "hoag-geometric", "hoag-quadratic",
                                              "hoag-cubic"]
     assert m["first_hypergradient"]["step0"] > 0
+    maid, nob = m["runs"][0]["options"], m["runs"][1]["options"]
+    assert maid["step0"] == m["first_hypergradient"]["step0"] and maid["rho"] == 0.9 and maid["bound"] is True
+    assert nob["step0"] == 100.0 and nob["rho"] == 0.5 and nob["bound"] is False
     for r in m["runs"]:
         assert r["error"] is None
         assert 0 <= r["val_accuracy"] <= 1 and r["test_accuracy"] is None
