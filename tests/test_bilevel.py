@@ -86,6 +86,34 @@ def test_every_accepted_maid_step_is_a_certified_decrease():
         assert row["fun_lower"] - 1e-12 <= f <= row["fun_upper"] + 1e-12
 
 
+def test_certificate_off_steps_are_still_certified_decreases():
+    """bound=False: ε adapts only on line-search failures, yet accepted steps decrease f (tight solves)."""
+    rng = np.random.RandomState(4)
+    yy, xx = np.mgrid[:24, :24] / 24
+    clean = np.stack([(xx > 0.4) * 0.7 + (yy > 0.3) * 0.2, (xx + yy > 0.9) * 0.8])
+    noisy = clean + 0.1 * rng.randn(*clean.shape)
+    reg = vl.FieldOfExperts(n_filters=3, size=3, rng=5)
+    prob, U = vl.DenoisingProblem(noisy, reg), vl.SquaredError(clean)
+    theta0 = reg.init_params()
+    thetas = []
+    res = vl.minimize_bilevel(prob, U, theta0, "maid", callback=lambda r: thetas.append(np.array(r.theta)),
+                              options={"bound": False, "step0": 0.01, "max_iter": 25})
+    assert all(row["omega"] is None or np.isnan(row["omega"]) for row in res.history)
+    accepted = [row["accepted"] for row in res.history[1:]]
+    assert sum(accepted) >= 10
+    f_tight, x = [], None
+    for th in [theta0] + thetas:
+        x = vl.solve_lower(prob, th, 1e-10, x0=x, maxiter=100000).x
+        f_tight.append(float(U.value(x)))
+    for k, acc in enumerate(accepted):
+        if acc:
+            assert f_tight[k + 1] < f_tight[k], k
+        else:
+            assert f_tight[k + 1] == pytest.approx(f_tight[k], rel=1e-9, abs=1e-12)
+    for row, f in zip(res.history[1:], f_tight[1:]):
+        assert row["fun_lower"] - 1e-12 <= f <= row["fun_upper"] + 1e-12
+
+
 def test_history_and_result_fields(tmp_path):
     prob, U = tv_problem()
     res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 3})
