@@ -138,6 +138,14 @@ def main(argv=None):
     p.add_argument("--blas-threads", type=int, default=None,
                    help="limit OpenBLAS to this many threads during the runs (default: unchanged; quick 1)")
     args = p.parse_args(argv)
+    for name in ("maid_step0", "nobound_step0"):
+        v = getattr(args, name)
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise SystemExit(f"--{name.replace('_', '-')} must be a positive finite step, got {v!r}")
+    for name in ("maid_rho", "nobound_rho"):
+        v = getattr(args, name)
+        if not 0 < v < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must lie in (0, 1), got {v!r}")
     with C.blas_threads(args.blas_threads or (1 if args.quick else None)):
         return _main(args)
 

@@ -242,6 +242,15 @@ def test_foe_quick_certificate_off(tmp_path):
     assert cd["checked_unshrunk"] >= 5 and cd["violations_unshrunk"] == 0, cd
 
 
+@pytest.mark.parametrize("bad", [["--nobound-step0", "0"], ["--maid-step0", "-1"], ["--maid-rho", "1.5"],
+                                 ["--nobound-rho", "0"], ["--nobound-step0", "nan"]])
+def test_mlr_rejects_bad_step_options(bad):
+    mod = _load("reproduce_mlr")
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--quick"] + bad)
+    assert bad[0] in str(exc.value) and bad[1] in str(exc.value)
+
+
 def test_guarded_minimize_records_a_failing_run(capsys):
     common = _load("_common")
     mod = _load("reproduce_quadratic")

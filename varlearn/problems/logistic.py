@@ -175,6 +175,11 @@ class MultinomialLogisticProblem(LowerProblem):
     * ∇²ₓₓh V = Aᵀ[S ⊙ (AV) − S ⊙ rowsum(S ⊙ (AV))]/n + e^θ ⊙ V;
     * (∂θ∇ₓh)ᵀ w = e^θ ⊙ W ⊙ w (flattened).
 
+    The features are copied once into a transposed, C-contiguous ``(d, n)``
+    array (the class-major layout of the products, about twice as fast on
+    MNIST-shaped data); the attribute ``features`` is an ``(n, d)`` view of
+    that copy, so the caller's array is not kept.
+
     ``hvp`` keeps the softmax of the last point it saw (a copy of ``W`` is
     compared, entry by entry, before reuse), so a run of Hessian products at
     one point (conjugate gradients) costs one product with ``A`` and one with
