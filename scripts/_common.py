@@ -34,7 +34,7 @@ from varlearn.bilevel.checkpoint import atomic_write_text  # noqa: E402
 __all__ = [
     "make_parser", "array_module", "prepare_out", "write_json", "to_jsonable", "machine_info",
     "summarize_run", "certified_decrease", "is_monotone", "first_cost_below", "value_at_cost",
-    "plot_loss_vs_cost", "plot_eps_path", "fmt", "Timer", "blas_threads", "guarded_minimize", "FailedRun",
+    "plot_loss_vs_cost", "plot_eps_path", "finish_figure", "fmt", "Timer", "blas_threads", "guarded_minimize", "FailedRun",
 ]
 
 
@@ -397,6 +397,28 @@ def _colors(plt, runs):
     return [run.get("color") or cmap(i % 20) for i, run in enumerate(runs)]
 
 
+def finish_figure(plt, fig, ax, path, title, n_runs):
+    """Title, grid and legend (two columns beyond six runs), then save ``path`` as PNG and close.
+
+    The PNG is written to a temporary file beside ``path`` and renamed, so an
+    interrupted run never leaves a truncated figure.
+    """
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if n_runs > 6 else 1)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="fun", logy=None):
     """Upper-level loss (or its gap ``f - f*`` when ``fstar`` is given) against cumulative cost.
 
@@ -425,14 +447,7 @@ def plot_loss_vs_cost(path, runs, *, fstar=None, title=None, ylabel=None, key="f
             ax.set_ylim(bottom=max(floor * 0.5, 1e-16))
     ax.set_xlabel("cost (lower-level + CG iterations)")
     ax.set_ylabel(ylabel or ("f - f*" if fstar is not None else "upper-level loss"))
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(runs) > 6 else 1)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return finish_figure(plt, fig, ax, path, title, len(runs))
 
 
 def plot_eps_path(path, runs, *, title=None, key="eps"):
@@ -455,11 +470,4 @@ def plot_eps_path(path, runs, *, title=None, key="eps"):
     ax.set_yscale("log")
     ax.set_xlabel("outer iteration + 1 (dots: initial ε0)")
     ax.set_ylabel("lower-level accuracy ε" if key == "eps" else key)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(runs) > 6 else 1)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return finish_figure(plt, fig, ax, path, title, len(runs))

@@ -103,13 +103,8 @@ def make_figures(out, runs, image_size, split):
     ax.set_xscale("log")
     ax.set_xlabel("cost (lower-level + CG iterations)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"MNIST ({split} split): validation accuracy vs cost", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "mlr_accuracy_vs_cost.png")
-    plt.close(fig)
-    figs["accuracy_vs_cost"] = out / "mlr_accuracy_vs_cost.png"
+    figs["accuracy_vs_cost"] = C.finish_figure(plt, fig, ax, out / "mlr_accuracy_vs_cost.png",
+                                               f"MNIST ({split} split): validation accuracy vs cost", len(runs))
     return figs
 
 

@@ -64,6 +64,7 @@ def _figures_exist(out, metrics):
         f = out / name
         assert f.is_file() and f.stat().st_size > 1000, name
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not list(out.glob("*.tmp*"))  # figures are written through a temporary file and renamed
 
 
 def _check_certified(run):
