@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from varlearn.backend import (as_float_array, cupy_unusable_reason, cupy_usable, get_namespace, to_device,
-                              to_numpy, working_dtype)
+from varlearn.backend import (
+    as_float_array,
+    cupy_unusable_reason,
+    cupy_usable,
+    get_namespace,
+    to_device,
+    to_numpy,
+    working_dtype,
+)
 
 
 def test_namespace_from_inputs():

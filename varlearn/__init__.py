@@ -2,8 +2,19 @@
 import logging
 
 from . import backend, operators, potentials, testing
-from .problems import *  # noqa: F401,F403
-from .problems import __all__ as _problems_all
+from .bilevel import BilevelResult, minimize_bilevel
+from .hypergradient import hypergradient
+from .problems import (
+    CrossEntropy,
+    DenoisingProblem,
+    LeastSquares,
+    LowerProblem,
+    MultinomialLogisticProblem,
+    QuadraticProblem,
+    SquaredError,
+    UpperLoss,
+    make_paper_quadratic,
+)
 from .regularizers import (
     FieldOfExperts,
     PotentialRegularizer,
@@ -14,15 +25,23 @@ from .regularizers import (
 )
 from .results import ConvergenceWarning, Result, VarlearnWarning
 from .solvers import cg, solve_lower
-from .hypergradient import hypergradient
-from .bilevel import BilevelResult, minimize_bilevel
 
 __version__ = "0.1.0"
 
 logging.getLogger("varlearn").addHandler(logging.NullHandler())
 
 __all__ = [
+    # modules
     "backend", "operators", "potentials", "testing",
+    # problems and losses
+    "LowerProblem", "UpperLoss", "DenoisingProblem", "SquaredError",
+    "MultinomialLogisticProblem", "CrossEntropy",
+    "QuadraticProblem", "LeastSquares", "make_paper_quadratic",
+    # regularizers
     "Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation", "FieldOfExperts",
-    "solve_lower", "cg", "hypergradient", "minimize_bilevel", "BilevelResult", "Result", "ConvergenceWarning", "VarlearnWarning", "__version__",
-] + list(_problems_all)
+    # solvers and the bilevel driver
+    "solve_lower", "cg", "hypergradient", "minimize_bilevel", "BilevelResult",
+    # results and warnings
+    "Result", "ConvergenceWarning", "VarlearnWarning",
+    "__version__",
+]
