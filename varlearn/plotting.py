@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from .bilevel.checkpoint import atomic_write_bytes
+from .metrics import psnr
 
 __all__ = [
     "plot_accuracy",
@@ -166,11 +167,6 @@ def plot_psnr(names, series, path):
     return save_figure(fig, path)
 
 
-def _psnr(x, ref):
-    mse = float(np.mean((np.clip(x, 0, 1) - np.clip(ref, 0, 1)) ** 2))
-    return 10.0 * math.log10(1.0 / max(mse, 1e-30))
-
-
 def plot_examples(clean, noisy, denoised, names, path, max_images=4):
     """Clean, noisy and denoised versions of the first ``max_images`` images (rows: images)."""
     clean = np.asarray(clean)
@@ -182,8 +178,8 @@ def plot_examples(clean, noisy, denoised, names, path, max_images=4):
     for i in range(n):
         panels = (
             ("clean", clean[i]),
-            (f"noisy ({_psnr(noisy[i], clean[i]):.2f} dB)", noisy[i]),
-            (f"denoised ({_psnr(denoised[i], clean[i]):.2f} dB)", denoised[i]),
+            (f"noisy ({psnr(noisy[i], clean[i]):.2f} dB)", noisy[i]),
+            (f"denoised ({psnr(denoised[i], clean[i]):.2f} dB)", denoised[i]),
         )
         for j, (label, img) in enumerate(panels):
             ax = axes[i, j]
