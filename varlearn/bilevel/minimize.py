@@ -441,8 +441,9 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
     options : dict, optional
     callback : callable, optional
         ``callback(intermediate_result)`` after every outer iteration, with a
-        :class:`~varlearn.results.Result` holding ``theta``, ``fun``, ``nit``
-        and the last history row as ``row``.  Raising ``StopIteration`` stops
+        :class:`~varlearn.results.Result` holding ``theta``, ``fun``, ``nit``,
+        the last history row as ``row`` and a copy of all rows so far as
+        ``history``.  Raising ``StopIteration`` stops
         the run (status ``"callback_stop"``).
     checkpoint : path, optional
         Where to save the run state (atomically) every ``checkpoint_every``
@@ -491,7 +492,7 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
             if callback is not None:
                 try:
                     callback(Result(theta=run.theta, fun=row["fun"], nit=run.k, row=dict(row),
-                                    x=run.x_current))
+                                    x=run.x_current, history=[dict(h) for h in run.history]))
                 except StopIteration:
                     raise _Stop("callback_stop") from None
     except _Stop as stop:
