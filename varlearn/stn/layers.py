@@ -1,0 +1,431 @@
+r"""Layers of Self-Tuning Networks with hand-written backward passes (NumPy or CuPy).
+
+Convolutions work on a *padded, channel-major, flat* layout: a batch of
+``B`` maps ``H x W`` with ``C`` channels is stored as an array ``(C, N)``,
+``N = B * (H + 2p) * (W + 2p)``, ``p = k // 2``, holding every map zero-padded by
+``p`` pixels (:class:`Geometry`, :func:`to_padded`, :func:`from_padded`).
+In this layout the tap ``(a, b)`` of a "same"-size correlation is the shift of
+the flat index by ``d_ab = (a - p)(W + 2p) + (b - p)``, so one tap is a
+contiguous slice of every row and the im2col matrix of a block of positions
+is ``k²`` slice copies; evaluating the correlation on every flat position in
+``[lo, N - lo)``, ``lo = p (W + 2p) + p``, computes all valid outputs and some
+junk on border positions, which is zeroed afterwards (:func:`zero_border`).
+The layout needs no per-layer padding copy, and the input gradient is the same
+correlation with the flipped, transposed kernel.
+
+Method (measured with ``scripts/benchmark_stn.py``'s kernels on the 2-core
+development machine, one BLAS thread, float32, 32 -> 64 channels 3x3 on a
+batch of 32 maps 40 x 40): per-tap GEMMs over the whole batch with
+accumulation 102 ms, the same in blocks of 4096 positions 56 ms, a full
+im2col + one GEMM 69 ms, **im2col + GEMM in blocks of about 2.5 MB** 38-44 ms
+(kept here), stacking the taps along the outputs 69 ms; PyTorch 2.13 (oneDNN)
+46 ms for the same forward convolution.
+
+Layers
+------
+* :func:`conv2d` / :func:`conv2d_backward`: multi-channel 2-D correlation,
+  NCHW, stride 1, "same" zero padding (public NCHW wrappers of the padded kernels).
+* :class:`STNConv2d`: the STN-gated convolution (MacKay et al. 2019, §1.2 of
+  the STN spec); :class:`STNLinear`: the STN-gated linear layer (§1.1).
+* :func:`relu`, :func:`channel_dropout_mask`: ReLU and per-example channel dropout.
+
+References
+----------
+M. MacKay, P. Vicol, J. Lorraine, D. Duvenaud, R. Grosse, "Self-Tuning Networks:
+Bilevel Optimization of Hyperparameters using Structured Best-Response
+Functions", ICLR 2019 (arXiv:1903.03088).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_namespace, xp_name
+
+__all__ = [
+    "Geometry",
+    "to_padded",
+    "from_padded",
+    "zero_border",
+    "conv_padded",
+    "conv_padded_input_grad",
+    "conv_padded_weight_grad",
+    "conv2d",
+    "conv2d_backward",
+    "relu",
+    "channel_dropout_mask",
+    "STNConv2d",
+    "STNLinear",
+]
+
+# bytes of one im2col block (k*k*C_in, m): see the module docstring
+_BLOCK_BYTES = {"numpy": 5 << 19, "cupy": 1 << 30}
+
+
+# ---------------------------------------------------------------------------- layout
+class Geometry:
+    """The padded channel-major layout of a batch of ``B`` maps ``H x W`` for odd kernels ``k x k``.
+
+    Attributes: ``batch, height, width, pad, hp, wp`` (padded size),
+    ``n = batch*hp*wp`` (flat length), ``lo, hi`` (the computed flat range),
+    ``offsets`` (the ``k*k`` flat tap shifts, row-major in ``(a, b)``).
+    """
+
+    def __init__(self, batch, height, width, kernel_size=3):
+        for name, v in (("batch", batch), ("height", height), ("width", width), ("kernel_size", kernel_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
+        self.batch, self.height, self.width, self.kernel_size = int(batch), int(height), int(width), int(kernel_size)
+        p = self.kernel_size // 2
+        self.pad = p
+        self.hp, self.wp = self.height + 2 * p, self.width + 2 * p
+        self.n = self.batch * self.hp * self.wp
+        self.lo = p * self.wp + p
+        self.hi = self.n - self.lo
+        self.offsets = [(a - p) * self.wp + (b - p) for a in range(kernel_size) for b in range(kernel_size)]
+
+    def key(self):
+        return (self.batch, self.height, self.width, self.kernel_size)
+
+    def __eq__(self, other):
+        return isinstance(other, Geometry) and self.key() == other.key()
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def __repr__(self):
+        return "Geometry(batch={}, height={}, width={}, kernel_size={})".format(*self.key())
+
+    def blocks(self, rows, itemsize, xp):
+        """Flat ranges ``(s, e)`` covering ``[lo, hi)``, each with an im2col block of about ``_BLOCK_BYTES``."""
+        m = max(256, _BLOCK_BYTES[xp_name(xp)] // max(1, rows * itemsize))
+        total = self.hi - self.lo
+        nb = -(-total // m)
+        m = -(-total // nb)
+        return [(s, min(self.hi, s + m)) for s in range(self.lo, self.hi, m)]
+
+
+def to_padded(x, geom):
+    """``(B, C, H, W)`` -> the padded channel-major ``(C, N)`` array of ``geom`` (zero borders)."""
+    xp = get_namespace(x)
+    if x.ndim != 4 or (x.shape[0], x.shape[2], x.shape[3]) != (geom.batch, geom.height, geom.width):
+        raise ValueError(f"x must have shape ({geom.batch}, C, {geom.height}, {geom.width}), got {tuple(x.shape)}")
+    p = geom.pad
+    c = x.shape[1]
+    buf = xp.zeros((c, geom.batch, geom.hp, geom.wp), dtype=x.dtype)
+    buf[:, :, p:p + geom.height, p:p + geom.width] = x.transpose(1, 0, 2, 3)
+    return buf.reshape(c, geom.n)
+
+
+def from_padded(buf, geom):
+    """The interior of a padded ``(C, N)`` array as a new ``(B, C, H, W)`` array."""
+    p = geom.pad
+    v = buf.reshape(buf.shape[0], geom.batch, geom.hp, geom.wp)[:, :, p:p + geom.height, p:p + geom.width]
+    return v.transpose(1, 0, 2, 3).copy()
+
+
+def zero_border(buf, geom):
+    """Set the padding positions of a padded ``(C, N)`` array to zero, in place; returns ``buf``."""
+    p = geom.pad
+    if p:
+        v = buf.reshape(buf.shape[0], geom.batch, geom.hp, geom.wp)
+        v[:, :, :p, :] = 0
+        v[:, :, geom.hp - p:, :] = 0
+        v[:, :, p:geom.hp - p, :p] = 0
+        v[:, :, p:geom.hp - p, geom.wp - p:] = 0
+    return buf
+
+
+def _tap_matrix(w):
+    """``(C_out, C_in, k, k)`` -> the contiguous ``(C_out, k*k*C_in)`` matrix in im2col order (tap-major)."""
+    xp = get_namespace(w)
+    co, ci, k, _ = w.shape
+    return xp.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(co, k * k * ci)
+
+
+def _im2col(xf, s, e, offsets, cols):
+    """``cols[t, c, j] = xf[c, s + j + offsets[t]]`` for ``j < e - s``; ``cols`` is ``(k*k, C, >= e-s)``."""
+    for t, d in enumerate(offsets):
+        cols[t, :, :e - s] = xf[:, s + d:e + d]
+
+
+def _check_kernel(w, c_in, name="w"):
+    if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[1] != c_in:
+        raise ValueError(f"{name} must have shape (C_out, {c_in}, k, k), got shape {tuple(w.shape)}")
+
+
+def conv_padded(xf, w, geom, out=None):
+    r"""Correlation on the padded layout: ``out[o, q] = Σ_{c,a,b} w[o, c, a, b] xf[c, q + d_ab]`` on ``[lo, hi)``.
+
+    ``xf`` ``(C_in, N)`` must have zero borders; ``w`` is ``(C_out, C_in, k, k)``.
+    The positions outside ``[lo, hi)`` and the border positions inside it hold
+    unspecified values afterwards (call :func:`zero_border`).
+    """
+    xp = get_namespace(xf, w)
+    ci = xf.shape[0]
+    _check_kernel(w, ci)
+    co, k = w.shape[0], w.shape[2]
+    if k != geom.kernel_size or xf.shape[1] != geom.n:
+        raise ValueError(f"xf {tuple(xf.shape)} and w {tuple(w.shape)} do not match {geom!r}")
+    wm = _tap_matrix(w.astype(xf.dtype, copy=False))
+    if out is None:
+        out = xp.empty((co, geom.n), dtype=xf.dtype)
+    rows = k * k * ci
+    blocks = geom.blocks(rows, xf.dtype.itemsize, xp)
+    m = blocks[0][1] - blocks[0][0]
+    cols = xp.empty((k * k, ci, m), dtype=xf.dtype)
+    c2 = cols.reshape(rows, m)
+    numpy_out = xp_name(xp) == "numpy"  # NumPy's matmul writes into strided outputs
+    for s, e in blocks:
+        _im2col(xf, s, e, geom.offsets, cols)
+        if e - s == m and numpy_out:
+            xp.matmul(wm, c2, out=out[:, s:e])
+        else:
+            out[:, s:e] = wm @ c2[:, :e - s]
+    return out
+
+
+def _flip(w):
+    """The kernel of the adjoint correlation: ``(C_in, C_out, k, k)``, flipped in both spatial axes."""
+    return w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+
+
+def conv_padded_input_grad(gf, w, geom, out=None):
+    """Adjoint of :func:`conv_padded` in its input for ``gf`` ``(C_out, N)`` with zero borders.
+
+    Returns ``(C_in, N)`` with zero borders.
+    """
+    return zero_border(conv_padded(gf, _flip(w), geom, out=out), geom)
+
+
+def conv_padded_weight_grad(xf, gf, geom):
+    r"""``dw[o, c, a, b] = Σ_q gf[o, q] xf[c, q + d_ab]`` (the kernel gradient; ``gf`` zero on borders)."""
+    xp = get_namespace(xf, gf)
+    ci, co, k = xf.shape[0], gf.shape[0], geom.kernel_size
+    rows = k * k * ci
+    blocks = geom.blocks(rows, xf.dtype.itemsize, xp)
+    m = blocks[0][1] - blocks[0][0]
+    cols = xp.empty((k * k, ci, m), dtype=xf.dtype)
+    c2 = cols.reshape(rows, m)
+    acc = xp.zeros((co, rows), dtype=xf.dtype)
+    for s, e in blocks:
+        _im2col(xf, s, e, geom.offsets, cols)
+        acc += gf[:, s:e] @ c2[:, :e - s].T
+    return xp.ascontiguousarray(acc.reshape(co, k, k, ci).transpose(0, 3, 1, 2))
+
+
+def _nchw_geometry(x, w):
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got shape {tuple(x.shape)}")
+    _check_kernel(w, x.shape[1])
+    if w.shape[2] % 2 != 1:
+        raise ValueError(f"w must have an odd kernel size, got shape {tuple(w.shape)}")
+    return Geometry(x.shape[0], x.shape[2], x.shape[3], w.shape[2])
+
+
+def conv2d(x, w, b=None):
+    r"""Multi-channel 2-D correlation, NCHW, stride 1, "same" zero padding.
+
+    ``y[n, o] = Σ_c w[o, c] ⋆ x[n, c] + b[o]`` with
+    ``(w ⋆ x)[i, j] = Σ_{a,b} w[a, b] x[i + a - p, j + b - p]`` (zero outside),
+    ``p = k // 2`` (PyTorch's ``conv2d(x, w, b, padding=p)``).
+
+    Parameters
+    ----------
+    x : array (B, C_in, H, W)
+    w : array (C_out, C_in, k, k), k odd
+    b : array (C_out,), optional
+    """
+    geom = _nchw_geometry(x, w)
+    yf = conv_padded(to_padded(x, geom), w, geom)
+    y = from_padded(yf, geom)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv2d_backward(x, w, grad_y):
+    """Gradients ``(dx, dw, db)`` of ``<grad_y, conv2d(x, w, b)>`` in ``x``, ``w`` and ``b``."""
+    geom = _nchw_geometry(x, w)
+    if tuple(grad_y.shape) != (x.shape[0], w.shape[0]) + tuple(x.shape[2:]):
+        raise ValueError(f"grad_y must have shape {(x.shape[0], w.shape[0]) + tuple(x.shape[2:])}, "
+                         f"got shape {tuple(grad_y.shape)}")
+    gf = to_padded(grad_y, geom)
+    xf = to_padded(x, geom)
+    dx = from_padded(conv_padded_input_grad(gf, w, geom), geom)
+    dw = conv_padded_weight_grad(xf, gf, geom)
+    return dx, dw, grad_y.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------- pointwise layers
+def relu(a, out=None):
+    """``max(a, 0)`` (in place with ``out=a``); its backward is ``g * (relu(a) > 0)``."""
+    xp = get_namespace(a)
+    return xp.maximum(a, 0, out=out)
+
+
+def _rng_namespace(rng):
+    mod = type(rng).__module__.split(".")[0]
+    if mod == "cupy":
+        return "cupy"
+    if isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        return "numpy"
+    raise TypeError(f"rng must be a numpy.random.Generator or a CuPy generator, got {type(rng).__name__}")
+
+
+def channel_dropout_mask(rates, n_channels, rng, dtype):
+    r"""Per-example channel-dropout mask ``(B, C)``: ``0`` with probability ``p_b``, else ``1/(1 - p_b)``.
+
+    Inverted dropout: the mask has expectation 1, so evaluation (no dropout)
+    needs no rescaling.  ``rates`` is a ``(B,)`` array in ``[0, 1)`` of the
+    data's namespace and ``rng`` a generator of the same namespace (the mask is
+    drawn on the device of the data).  The backward pass multiplies by the
+    same mask.
+    """
+    xp = get_namespace(rates)
+    if _rng_namespace(rng) != xp_name(xp):
+        raise TypeError(f"rng is a {_rng_namespace(rng)} generator but the data are {xp_name(xp)} arrays; "
+                        f"pass a generator of the data's namespace")
+    if rates.ndim != 1:
+        raise ValueError(f"dropout must be a (B,) array of rates, got shape {tuple(rates.shape)}")
+    lo, hi = float(rates.min()), float(rates.max())
+    if not (lo >= 0.0 and hi < 1.0):
+        raise ValueError(f"dropout rates must lie in [0, 1), got values in [{lo}, {hi}]")
+    u = rng.random((rates.shape[0], n_channels))
+    keep = 1.0 - rates.astype(dtype)[:, None]
+    return xp.where(u < keep, 1.0 / keep, 0.0).astype(dtype)
+
+
+# ---------------------------------------------------------------------------- STN layers
+def _uniform(rng, bound, shape):
+    return bound * (2.0 * rng.random(shape) - 1.0)
+
+
+def _gain_grads(lam, a, dgains):
+    """Gradients of the gains map: ``dA = dgainsᵀ λ̃`` and ``dλ̃ = dgains A``."""
+    return dgains.T @ lam, dgains @ a
+
+
+class STNConv2d:
+    r"""STN-gated convolution (STN spec §1.2) on the padded layout.
+
+    .. math:: y_b = K_e \star x_b + b_e + g_w(\tilde\lambda_b) \odot (K_h \star x_b)
+              + g_b(\tilde\lambda_b) \odot b_h, \qquad
+              [g_w; g_b] = A\tilde\lambda_b,
+
+    one gain per output channel and example; ``K_e`` and ``K_h`` are stacked
+    into one correlation with ``2 C_out`` outputs.  Parameters (a dict, see
+    :meth:`init_params`): ``K_e, K_h`` ``(C_out, C_in, k, k)``, ``b_e, b_h``
+    ``(C_out,)``, ``A`` ``(2 C_out, n_hyper)`` (zero at initialisation, so the
+    layer starts as its ungated base layer).
+    """
+
+    names = ("K_e", "K_h", "b_e", "b_h", "A")
+
+    def __init__(self, c_in, c_out, n_hyper, kernel_size=3):
+        self.c_in, self.c_out, self.n_hyper, self.kernel_size = int(c_in), int(c_out), int(n_hyper), int(kernel_size)
+
+    def init_params(self, rng, dtype, xp, gain=2.0 ** 0.5):
+        """Kaiming-uniform kernels (std ``gain/√fan_in``), ``b_e = 0``, ``b_h ~ U(±1/√fan_in)``, ``A = 0``."""
+        co, ci, k, n = self.c_out, self.c_in, self.kernel_size, self.n_hyper
+        fan_in = ci * k * k
+        bound = gain * math.sqrt(3.0 / fan_in)
+        host = {"K_e": _uniform(rng, bound, (co, ci, k, k)), "K_h": _uniform(rng, bound, (co, ci, k, k)),
+                "b_e": np.zeros(co), "b_h": _uniform(rng, 1.0 / math.sqrt(fan_in), (co,)),
+                "A": np.zeros((2 * co, n))}
+        return {key: xp.asarray(v, dtype=dtype) for key, v in host.items()}
+
+    def forward(self, p, x, lam, geom):
+        """``x`` ``(C_in, N)`` with zero borders, ``lam`` ``(B, n_hyper)`` -> ``(y, cache)``, ``y`` ``(C_out, N)``.
+
+        ``y`` has zero borders; it is a view of a buffer that the cache keeps
+        (its other half holds ``K_h ⋆ x``), and may be modified in place by the caller.
+        """
+        xp = get_namespace(x)
+        co = self.c_out
+        gains = lam @ p["A"].T
+        w = xp.concatenate([p["K_e"], p["K_h"]], axis=0)
+        z = conv_padded(x, w, geom)
+        y, zh = z[:co], z[co:]
+        y3 = y.reshape(co, geom.batch, -1)
+        y3 += gains[:, :co].T[:, :, None] * zh.reshape(co, geom.batch, -1)
+        y3 += (p["b_e"][:, None] + gains[:, co:].T * p["b_h"][:, None])[:, :, None]
+        zero_border(y, geom)
+        return y, (x, zh, gains, lam, w, geom)
+
+    def backward(self, p, cache, g, need_input_grad=True):
+        """``g`` = dL/dy ``(C_out, N)``, zero on borders -> ``(grads, dx or None, dlam)``."""
+        xp = get_namespace(g)
+        x, zh, gains, lam, w, geom = cache
+        co, b = self.c_out, geom.batch
+        g3 = g.reshape(co, b, -1)
+        dgw = xp.einsum("cbs,cbs->bc", g3, zh.reshape(co, b, -1))
+        sg = g3.sum(axis=2)
+        gst = xp.empty((2 * co, geom.n), dtype=g.dtype)
+        gst[:co] = g
+        xp.multiply(g3, gains[:, :co].T[:, :, None], out=gst[co:].reshape(co, b, -1))
+        dw = conv_padded_weight_grad(x, gst, geom)
+        dx = conv_padded_input_grad(gst, w, geom) if need_input_grad else None
+        dgains = xp.concatenate([dgw, (sg * p["b_h"][:, None]).T], axis=1)
+        da, dlam = _gain_grads(lam, p["A"], dgains)
+        grads = {"K_e": dw[:co], "K_h": dw[co:], "b_e": sg.sum(axis=1),
+                 "b_h": (sg * gains[:, co:].T).sum(axis=1), "A": da}
+        return grads, dx, dlam
+
+
+class STNLinear:
+    r"""STN-gated linear layer (STN spec §1.1), rows of the input are examples.
+
+    .. math:: y_b = W_e x_b + b_e + g_w(\tilde\lambda_b) \odot (W_h x_b) + g_b(\tilde\lambda_b) \odot b_h,
+              \qquad [g_w; g_b] = A\tilde\lambda_b,
+
+    one gain per output unit and example.  Parameters: ``W_e, W_h``
+    ``(d_out, d_in)``, and with ``bias`` ``b_e, b_h`` ``(d_out,)``; ``A`` is
+    ``(2 d_out, n_hyper)`` with a bias and ``(d_out, n_hyper)`` without, zero
+    at initialisation.
+    """
+
+    def __init__(self, d_in, d_out, n_hyper, bias=True):
+        self.d_in, self.d_out, self.n_hyper, self.bias = int(d_in), int(d_out), int(n_hyper), bool(bias)
+        self.names = ("W_e", "W_h", "b_e", "b_h", "A") if self.bias else ("W_e", "W_h", "A")
+
+    def init_params(self, rng, dtype, xp, gain=1.0):
+        """Uniform weights (std ``gain/√d_in``), ``b_e = 0``, ``b_h ~ U(±1/√d_in)``, ``A = 0``."""
+        bound = gain * math.sqrt(3.0 / self.d_in)
+        shape = (self.d_out, self.d_in)
+        host = {"W_e": _uniform(rng, bound, shape), "W_h": _uniform(rng, bound, shape)}
+        if self.bias:
+            host["b_e"] = np.zeros(self.d_out)
+            host["b_h"] = _uniform(rng, 1.0 / math.sqrt(self.d_in), (self.d_out,))
+        host["A"] = np.zeros(((2 if self.bias else 1) * self.d_out, self.n_hyper))
+        return {key: xp.asarray(v, dtype=dtype) for key, v in host.items()}
+
+    def forward(self, p, x, lam):
+        """``x`` ``(B, d_in)``, ``lam`` ``(B, n_hyper)`` -> ``(y, cache)`` with ``y`` ``(B, d_out)``."""
+        d = self.d_out
+        gains = lam @ p["A"].T
+        zh = x @ p["W_h"].T
+        y = x @ p["W_e"].T + gains[:, :d] * zh
+        if self.bias:
+            y += p["b_e"] + gains[:, d:] * p["b_h"]
+        return y, (x, zh, gains, lam)
+
+    def backward(self, p, cache, g, need_input_grad=True):
+        """``g`` = dL/dy ``(B, d_out)`` -> ``(grads, dx or None, dlam)``."""
+        xp = get_namespace(g)
+        x, zh, gains, lam = cache
+        d = self.d_out
+        gh = g * gains[:, :d]
+        parts = [(g * zh)]
+        grads = {"W_e": g.T @ x, "W_h": gh.T @ x}
+        if self.bias:
+            grads["b_e"] = g.sum(axis=0)
+            grads["b_h"] = (g * gains[:, d:]).sum(axis=0)
+            parts.append(g * p["b_h"])
+        dgains = xp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        grads["A"], dlam = _gain_grads(lam, p["A"], dgains)
+        dx = g @ p["W_e"] + gh @ p["W_h"] if need_input_grad else None
+        return grads, dx, dlam
