@@ -35,7 +35,11 @@ def test_maid_reaches_the_closed_form_optimum(eps0):
     theta_star, f_star = prob.optimal_theta(U)
     res = vl.minimize_bilevel(prob, U, theta0, "maid",
                               options={"eps0": eps0, "delta0": eps0, "nu_inc": 1.25, "max_iter": 400})
-    assert res.success, res.message
+    # stops at the attainable accuracy, with a certified bound on the true gradient norm
+    assert res.success and res.status == "accuracy_floor", res.message
+    exact = np.linalg.norm(prob.exact_hypergradient(res.theta, U))
+    assert exact <= res.stationarity_bound <= 1e-5 and "(certified)" in res.message
+    assert res.n_accepted == sum(row["accepted"] is True for row in res.history) >= 10
     assert np.linalg.norm(res.theta - theta_star) <= 1e-4
     assert res.fun == pytest.approx(f_star, abs=1e-7)
     eps = res.history_column("eps")
@@ -156,7 +160,9 @@ def test_callback_stop_and_stop_after_k_equals_maxiter():
     a = vl.minimize_bilevel(prob, U, theta0, callback=stop_at_2, options={"max_iter": 10})
     b = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2})
     assert a.status == "callback_stop" and not a.success
-    assert b.status == "maxiter" and b.success
+    # a limit reached is not success (SciPy's meaning: the requested accuracy was met)
+    assert b.status == "maxiter" and not b.success and np.isnan(b.stationarity_bound)
+    assert b.n_accepted == sum(row["accepted"] is True for row in b.history) >= 1
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.fun == b.fun and a.nit == b.nit == 2
 
@@ -165,11 +171,55 @@ def test_budget_and_time_limits():
     prob, U = tv_problem()
     theta0 = np.array([-4.0, -4.0])
     r = vl.minimize_bilevel(prob, U, theta0, options={"budget": 150})
-    assert r.status == "budget_exhausted"
+    assert r.status == "budget_exhausted" and not r.success
     r = vl.minimize_bilevel(prob, U, theta0, options={"time_limit": 1e-9})
-    assert r.status == "time_limit"
+    assert r.status == "time_limit" and not r.success
     r = vl.minimize_bilevel(prob, U, theta0, options={"gtol": 1e6})
-    assert r.status == "gradient_tol" and r.nit == 0
+    assert r.status == "gradient_tol" and r.nit == 0 and r.success
+
+
+def test_a_run_without_accepted_steps_says_so():
+    """Every trial step overflows: theta stays theta0, and the result says so (issue 9)."""
+    prob, U = tv_problem()
+    theta0 = np.array([-4.0, -4.0])
+    r = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 1, "step0": 1e6, "max_backtracks": 2,
+                                                      "max_attempts": 1})
+    assert r.status == "maxiter" and not r.success and r.n_accepted == 0
+    assert "no step was accepted in 1 outer iterations" in r.message
+    np.testing.assert_array_equal(r.theta, theta0)
+
+
+def test_lower_level_failure_is_not_a_stationary_point():
+    """Issue 12, failure 4: at theta = (-2, -12) the lower level cannot meet its tolerance within
+    lower_maxiter; this used to end as a successful 'accuracy_floor' (stationary point) although
+    |grad f| = 0.35 there."""
+    prob, U = tv_problem()
+    r = vl.minimize_bilevel(prob, U, np.array([-2.0, -12.0]), options={"max_iter": 3})
+    assert r.status == "lower_failed" and not r.success and r.nit == 0
+    assert np.isnan(r.stationarity_bound) and len(r.history) == 1
+    # the certificate did not hold at the first (default) accuracy: it is the solver, not a small z
+    row = r.history[0]
+    assert row["omega"] > (1 - 1e-4) * row["grad_norm"] and row["eps"] == r.options["eps0"]
+
+
+@pytest.mark.parametrize("interval,n_saves", [(0.0, 6), (1e9, 2)])
+def test_checkpoint_interval_limits_the_saves_and_resume_stays_exact(interval, n_saves, tmp_path, monkeypatch):
+    """checkpoint_interval: at most one save per interval (the first iteration and the end always)."""
+    from varlearn.bilevel import _run
+
+    prob, U = tv_problem()
+    theta0 = np.array([-4.5, -4.5])
+    full = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 7})
+    saves = []
+    real_save = _run._Run.save
+    monkeypatch.setattr(_run._Run, "save", lambda self, path: (saves.append(self.k), real_save(self, path)))
+    ck = tmp_path / "run.npz"
+    part = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 5, "checkpoint_interval": interval},
+                               checkpoint=ck)
+    assert len(saves) == n_saves and saves[0] == 1 and saves[-1] == part.nit == 5
+    rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 7}, resume=ck)
+    np.testing.assert_array_equal(rest.theta, full.theta)
+    assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
 
 
 def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path):
@@ -222,6 +272,7 @@ def test_checkpoint_has_no_pickle(tmp_path):
     ({"max_iter": 2.5}, "'max_iter'"),
     ({"bound": "yes"}, "'bound'"),
     ({"armijo": 1e-3}, "'armijo'"),
+    ({"checkpoint_interval": -1.0}, "'checkpoint_interval'"),
     ({"not_an_option": 1}, "unknown option 'not_an_option'"),
 ])
 def test_bad_options_raise(options, match):

@@ -335,8 +335,12 @@ def test_float32_preserved(xp):
     assert prob.hvp(W, theta, W).dtype == np.float32
     assert prob.value(W, theta).dtype == np.float32
     assert prob.mixed_vjp(W, theta, W).dtype == np.float64  # θ's dtype
-    res = solve_lower(prob, theta, 1e-3)
-    assert res.success and res.x.dtype == np.float32
+    # float32 with mu = e^-3: the worst-case rounding bound of the gradient (2.6e-5 here) allows
+    # certified distances down to about 1e-3
+    res = solve_lower(prob, theta, 2e-3)
+    assert res.success and res.x.dtype == np.float32 and res.distance_bound <= 2e-3
+    refused = solve_lower(prob, theta, 1e-4)
+    assert refused.status == "precision_limit" and not refused.success and refused.distance_bound > 1e-4
 
     rng = np.random.default_rng(1)
     A = xp.asarray(rng.random((30, 3)).astype(np.float32))

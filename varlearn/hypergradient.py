@@ -141,6 +141,17 @@ class BoundEstimator:
         return 1.1 * sigma, cost
 
 
+def _known(value, name):
+    """A constant reported by a problem, or ``None`` when it is unknown (``None`` or not finite)."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        logger.info("hypergradient: the problem's %s is %r, not a bound; it is estimated instead", name, value)
+        return None
+    return value
+
+
 def get_xp(problem):
     return problem.xp
 
@@ -155,14 +166,21 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     ``q0`` (default 0) until the residual is :math:`\le` ``cg_tol``; (3) ``z``.
 
     The bound ω (Theorem 2.1 of the MAID paper, :func:`error_bound`) is
-    evaluated a posteriori with the *achieved* accuracies
-    :math:`\epsilon = \|\nabla_x h(\tilde x)\|/\mu` and δ = the true CG residual,
-    which are at most ``lower_tol`` and ``cg_tol`` when the solvers converge
-    (and still valid bounds when they do not).  Constants come from the
-    problem (``strong_convexity``, ``hessian_lipschitz`` with
-    :math:`L_{H^{-1}} = L_H/\mu^2`, ``mixed_lipschitz``, ``mixed_norm_bound``)
-    and the upper loss (``lipschitz``); missing ones are estimated by a
-    :class:`BoundEstimator` and ``bound_exact`` is then False.
+    evaluated a posteriori with the *achieved* accuracies: ε = the
+    ``distance_bound`` of :func:`~varlearn.solvers.solve_lower` (which
+    includes the rounding error of the computed gradient) and δ = the true CG
+    residual :math:`\|H(\tilde x)q - \nabla U(\tilde x)\|`, recomputed at the
+    returned ``q`` whatever CG's status, plus a rounding margin
+    :math:`32u(L\|q\| + \|\nabla U\|)` (``L`` the problem's Lipschitz bound, ``u`` the
+    unit roundoff of its dtype).  Both are valid whether or not the solvers
+    met ``lower_tol`` and ``cg_tol``.  ω also gets :math:`32u\|J\|\|q\|` for the
+    rounding of :math:`J^Tq`.  Constants come from the problem
+    (``strong_convexity``, ``hessian_lipschitz`` with :math:`L_{H^{-1}} = L_H/\mu^2`,
+    ``mixed_lipschitz``, ``mixed_norm_bound``) and the upper loss
+    (``lipschitz``).  A constant the problem does not know (``None``, or a
+    non-finite value, e.g. for a potential that is not C², whose
+    :math:`\varphi''` jumps) is estimated by a :class:`BoundEstimator` and
+    ``bound_exact`` is then False: ω is then an estimate, never ``inf``.
 
     Parameters
     ----------
@@ -182,7 +200,11 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     Returns
     -------
     Result
-        ``grad`` (z), ``error_bound`` (ω), ``bound_exact``, ``x``, ``q``,
+        ``grad`` (z), ``error_bound`` (ω), ``bound_exact``, ``status``
+        (``"success"`` when both solvers met their tolerances; else
+        ``"lower_failed"`` (lower level stopped on ``lower_maxiter``),
+        ``"precision_limit"`` (``lower_tol`` below what rounding allows to
+        certify) or ``"cg_failed"``), ``success``, ``x``, ``q``,
         ``eps`` and ``delta`` (achieved accuracies), ``upper_value``
         (:math:`U(\tilde x)`), ``upper_grad_norm``, ``n_lower_iter``,
         ``n_cg_iter`` (CG products plus any products used by estimates),
@@ -210,7 +232,16 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     n_cg = res.nit
     mu = low.mu
     eps = low.distance_bound
-    delta = res.residual_norm
+    u = float(np.finfo(problem.dtype).eps) / 2.0
+    q_norm = _norm(xp, q)
+    L_bound = float(problem.lipschitz(theta))
+    if not math.isfinite(L_bound):
+        L_bound = float(low.L)
+    delta = res.residual_norm + 32.0 * u * (L_bound * q_norm + gU_norm)
+    if low.status == "success":
+        status = "success" if res.success else "cg_failed"
+    else:
+        status = "lower_failed" if low.status == "maxiter" else low.status
     omega = math.nan
     exact = None
     consts = {}
@@ -218,9 +249,9 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         est = estimator
         exact = True
         L_U = float(upper.lipschitz())
-        L_H = problem.hessian_lipschitz(theta)
-        L_J = problem.mixed_lipschitz(theta)
-        J_norm = problem.mixed_norm_bound(x, theta)
+        L_H = _known(problem.hessian_lipschitz(theta), "hessian_lipschitz")
+        L_J = _known(problem.mixed_lipschitz(theta), "mixed_lipschitz")
+        J_norm = _known(problem.mixed_norm_bound(x, theta), "mixed_norm_bound")
         if L_H is None or L_J is None or J_norm is None:
             est = est if est is not None else BoundEstimator()
             exact = False
@@ -234,10 +265,11 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
             J_norm, c = est.mixed_norm(problem, theta, x)
             n_cg += c
         L_Hinv = L_H / (mu * mu)
-        omega = error_bound(eps, delta, mu, L_U, gU_norm, J_norm, L_J, L_Hinv)
+        omega = error_bound(eps, delta, mu, L_U, gU_norm, J_norm, L_J, L_Hinv) + 32.0 * u * J_norm * q_norm
         consts = {"mu": mu, "L_U": L_U, "L_H": L_H, "L_J": L_J, "J_norm": J_norm}
     return Result(
-        grad=z, grad_norm=z_norm, error_bound=omega, bound_exact=exact, x=x, q=q, eps=eps, delta=delta,
+        grad=z, grad_norm=z_norm, error_bound=omega, bound_exact=exact, status=status, success=status == "success",
+        x=x, q=q, eps=eps, delta=delta,
         upper_value=float(upper.value(x)), upper_grad_norm=gU_norm, n_lower_iter=n_lower, n_cg_iter=n_cg,
         lower=low, cg=res, constants=consts, time=time.perf_counter() - t0,
     )

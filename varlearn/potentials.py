@@ -6,11 +6,14 @@ scale; :class:`Quadratic` has none and ignores it).  It provides
 * ``value(t, nu)``: :math:`\varphi`,
 * ``d1(t, nu)``, ``d2(t, nu)``, ``d3(t, nu)``: derivatives in ``t``,
 * ``value_dnu(t, nu)``, ``d1_dnu(t, nu)``, ``d2_dnu(t, nu)``: derivatives in ``nu``,
+* ``d1_max(nu)``: :math:`\sup_t |\varphi'|` (``inf`` when unbounded; every potential here
+  has :math:`\varphi'(0) = 0`, so also :math:`|\varphi'(t)| \le` ``d2_max`` :math:`|t|`),
 * ``d2_max(nu)``: :math:`\sup_t \varphi''` (the Lipschitz constant of :math:`\varphi'`),
 * ``d2_min(nu)``: :math:`\inf_t \varphi''` (negative for non-convex potentials),
 * ``d3_max(nu)``: :math:`\sup_t |\varphi'''|` (the Lipschitz constant of :math:`\varphi''`),
 * ``d2_dnu_max(nu)``: :math:`\sup_t |\partial_\nu \varphi''|` (the Lipschitz constant in
-  ``t`` of :math:`\partial_\nu\varphi'`).
+  ``t`` of :math:`\partial_\nu\varphi'`; ``inf`` when :math:`\partial_\nu\varphi'` is not
+  Lipschitz, as for :class:`Huber`).
 
 ``t`` is an array of any namespace; ``nu`` is a positive scalar or an array
 broadcastable against ``t``.  Results follow ``t``'s namespace and dtype.
@@ -49,6 +52,9 @@ class Potential:
         raise NotImplementedError
 
     def d2_dnu(self, t, nu):
+        raise NotImplementedError
+
+    def d1_max(self, nu):
         raise NotImplementedError
 
     def d2_max(self, nu):
@@ -102,6 +108,9 @@ class SmoothedL1(Potential):
         # d/dnu [nu^2 s^{-3/2}] = 2 nu s^{-3/2} - 3 nu^3 s^{-5/2}
         return nu * (2.0 * s - 3.0 * nu * nu) / (s * s * _xp(t).sqrt(s))
 
+    def d1_max(self, nu):
+        return 1.0
+
     def d2_max(self, nu):
         return 1.0 / nu
 
@@ -122,7 +131,11 @@ class Huber(Potential):
 
     It is once continuously differentiable; :math:`\varphi''` jumps at
     :math:`|t| = \nu`, so ``d3`` is zero almost everywhere and ``d3_max`` is
-    infinite (Hessian-Lipschitz bounds do not exist).
+    infinite (Hessian-Lipschitz bounds do not exist).  Likewise
+    :math:`\partial_\nu\varphi'` jumps by :math:`1/\nu` at :math:`|t| = \nu`, so it has no
+    Lipschitz constant and ``d2_dnu_max`` is infinite.  Problems built on it
+    report these constants as unknown (``None``), and the hypergradient
+    estimates them (``bound_exact`` False).
     """
 
     def value(self, t, nu):
@@ -152,6 +165,9 @@ class Huber(Potential):
         xp = _xp(t)
         return xp.where(xp.abs(t) <= nu, -1.0 / (nu * nu) + 0.0 * t, 0.0 * t)
 
+    def d1_max(self, nu):
+        return 1.0
+
     def d2_max(self, nu):
         return 1.0 / nu
 
@@ -162,7 +178,8 @@ class Huber(Potential):
         return math.inf
 
     def d2_dnu_max(self, nu):
-        return 1.0 / (nu * nu)
+        # d_nu phi' = -t / nu^2 inside |t| <= nu and 0 outside: a jump of 1/nu, no Lipschitz constant
+        return math.inf
 
 
 class LogStudentT(Potential):
@@ -199,6 +216,10 @@ class LogStudentT(Potential):
         s = nu * nu + t * t
         # d/dnu 2(nu^2 - t^2) s^-2 = 4 nu s^-2 - 8 nu (nu^2 - t^2) s^-3
         return 4.0 * nu / (s * s) - 8.0 * nu * (nu * nu - t * t) / (s * s * s)
+
+    def d1_max(self, nu):
+        # 2t / (nu^2 + t^2) is largest at t = nu
+        return 1.0 / nu
 
     def d2_max(self, nu):
         return 2.0 / (nu * nu)
@@ -244,6 +265,9 @@ class Quadratic(Potential):
 
     def d2_dnu(self, t, nu=None):
         return 0.0 * t
+
+    def d1_max(self, nu=None):
+        return math.inf
 
     def d2_max(self, nu=None):
         return 1.0

@@ -24,8 +24,14 @@ STATUS_MESSAGES = {
     "callback_stop": "the callback raised StopIteration",
     "budget_exhausted": "the total cost budget was used up",
     "time_limit": "the wall-time limit was reached",
-    "accuracy_floor": "the accuracy reached its floor before the error bound certified a descent "
-    "direction: the hypergradient is at the level of its attainable error (stationary point)",
+    "accuracy_floor": "the accuracy reached its floor (eps_floor, or the rounding level of the lower-level "
+    "gradient) before the error bound certified a descent direction or the line search a decrease: the "
+    "hypergradient is at the level of its attainable error",
+    "precision_limit": "the tolerance is below what rounding errors of the computed gradient allow to certify",
+    "lower_failed": "a lower-level solve did not meet its tolerance within lower_maxiter iterations and the "
+    "error bound did not certify a descent direction",
+    "cg_failed": "conjugate gradients did not meet the tolerance within cg_maxiter products and the "
+    "error bound did not certify a descent direction",
     "gradient_tol": "the norm of the hypergradient is below the tolerance",
 }
 

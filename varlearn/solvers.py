@@ -6,6 +6,8 @@ import math
 import time
 import warnings
 
+import numpy as np
+
 from ._validation import check_int, check_positive
 from .backend import get_namespace
 from .linalg import norm as _lnorm
@@ -50,12 +52,29 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     problem's true strong-convexity constant and L its Lipschitz bound.
 
     **Stopping rule.** At the extrapolated point ``z_k`` of every iteration the
-    gradient is computed; the solver stops and returns ``x = z_k`` as soon as
-    ``||grad_x h(z_k, theta)|| <= mu * tol``.  Strong convexity then certifies
-    ``||x - x_hat(theta)|| <= ||grad_x h(x)|| / mu <= tol``; the returned
-    ``distance_bound`` is ``||grad_x h(x)|| / mu``, evaluated by one more
-    gradient at the returned point (so the bound holds for the array returned,
-    bit for bit).  ``x0`` itself is tested first (``nit = 1`` if it passes).
+    gradient is computed; when ``||grad_x h(z_k, theta)|| <= mu * tol`` (or the
+    tighter target below) the point is *certified*: the gradient is recomputed
+    at ``z_k`` and its norm ``G`` taken in float64, ``rho =
+    problem.grad_error_bound(z_k, theta)`` bounds the rounding error of that
+    computed gradient, and
+
+    .. math:: \|z_k - \hat x(\theta)\| \le \text{distance\_bound} :=
+              (1 + 2u)(G\,(1 + n u_{64}) + \rho)/\mu
+
+    (strong convexity, :math:`\|x - \hat x\| \le \|\nabla_x h(x)\|/\mu`, applied to the
+    exact gradient; ``u`` the unit roundoff of the problem's dtype).  The
+    solver returns ``x = z_k`` with status ``"success"`` when
+    ``distance_bound <= tol``, so the bound holds for the array returned, bit
+    for bit, including rounding.  Otherwise it lowers the target to
+    ``mu * tol - (1 + 2u) rho`` and goes on.  ``x0`` itself is tested first
+    (``nit = 1`` if it passes).
+
+    **Tolerances rounding does not allow.** When ``(1 + 2u) rho >= mu * tol /
+    2`` (at ``x0`` or at a candidate), ``tol`` is too close to the rounding
+    level of the gradient to be certified: the solver iterates until the
+    computed gradient norm is at most ``max(mu * tol, 4 rho)`` and returns that
+    point with status ``"precision_limit"`` (``success`` False) and its honest
+    ``distance_bound`` (above ``tol``).
 
     **Backtracking.** With ``backtracking=True`` (or ``"auto"`` when the
     problem reports a loose Lipschitz bound), L starts at ``L0`` when given
@@ -86,8 +105,12 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
         ``x``, ``nit`` (gradient evaluations, the cost unit), ``grad_norm``,
         ``distance_bound``, ``mu``, ``L`` (the final step constant),
         ``n_backtracks``, ``n_hvp`` (power-iteration products), ``status``
-        (``"success"``, ``"maxiter"`` or ``"nan"``), ``success``, ``message``,
-        ``time``.  Non-convergence also emits a :class:`ConvergenceWarning`.
+        (``"success"``: ``distance_bound <= tol``; ``"maxiter"``;
+        ``"precision_limit"``; ``"nan"``), ``success`` (True only for
+        ``"success"``), ``message``, ``time``, ``grad_error`` (ρ at ``x``).
+        ``distance_bound`` is a valid bound whatever the status (except
+        ``"nan"``).  Any status but ``"success"`` also emits a
+        :class:`ConvergenceWarning`.
     """
     tol = check_positive(tol, "tol")
     maxiter = check_int(maxiter, "maxiter", minimum=1)
@@ -119,12 +142,27 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     else:
         L = L_bound
     target = mu * tol
+    u = float(np.finfo(problem.dtype).eps) / 2.0
+    n_u64 = x.size * float(np.finfo(np.float64).eps)
 
-    def finish(x_out, nit, status, gnorm, n_bt):
+    def rounding(x_at):
+        return (1.0 + 2.0 * u) * float(problem.grad_error_bound(x_at, theta))
+
+    def certify(x_at, g_at=None):
+        """(distance bound, rho) of ``x_at`` from a freshly computed gradient (norm in float64)."""
+        g_at = problem.grad(x_at, theta) if g_at is None else g_at
+        g64 = _lnorm(g_at.astype(xp.float64, copy=False))
+        rho = rounding(x_at)
+        return (1.0 + 2.0 * u) * (g64 * (1.0 + n_u64) + rho) / mu, rho, g64
+
+    def finish(x_out, nit, status, n_bt, cert=None):
+        bound, rho, g64 = certify(x_out) if cert is None else cert
+        if status == "success" and not bound <= tol:  # pragma: no cover - guarded by the callers
+            status = "maxiter"
         res = Result(
-            x=x_out, nit=nit, grad_norm=gnorm, distance_bound=gnorm / mu, mu=mu, L=L,
+            x=x_out, nit=nit, grad_norm=g64, distance_bound=bound, mu=mu, L=L,
             n_backtracks=n_bt, n_hvp=n_hvp, status=status, success=status == "success",
-            message=STATUS_MESSAGES[status], time=time.perf_counter() - t_start,
+            message=STATUS_MESSAGES[status], time=time.perf_counter() - t_start, grad_error=rho,
         )
         if status != "success":
             warnings.warn(
@@ -134,14 +172,32 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
             )
         return res
 
+    def candidate(x_at, g_at, nit, n_bt):
+        """Certify a point whose gradient met the target: a finished Result, or None (go on)."""
+        nonlocal target
+        cert = certify(x_at, g_at)
+        if cert[0] <= tol:
+            return finish(x_at, nit, "success", n_bt, cert)
+        if cert[1] >= 0.5 * mu * tol:
+            return finish(x_at, nit, "precision_limit", n_bt, cert)
+        target = min(target, 0.999 * (mu * tol - cert[1]))
+        return None
+
     # test the starting point
     g = problem.grad(x, theta)
     gnorm = _norm(xp, g)
     nit = 1
     if not math.isfinite(gnorm):
-        return finish(x, nit, "nan", gnorm, 0)
+        return finish(x, nit, "nan", 0, (math.nan, math.nan, math.nan))
+    rho0 = rounding(x)
+    limited = rho0 >= 0.5 * mu * tol
+    if limited:
+        # tol cannot be certified: go down to the rounding level of the gradient, then report it
+        target = max(target, 4.0 * rho0)
     if gnorm <= target:
-        return finish(x, nit, "success", gnorm, 0)
+        done = candidate(x, g, nit, 0)
+        if done is not None:
+            return done
 
     x_prev = x.copy()
     out = xp.empty_like(x)
@@ -175,19 +231,18 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
             gnorm = problem.fista_step(x, x_prev, beta, 1.0 / L, theta, out)
             nit += 1
         if not math.isfinite(gnorm):
-            return finish(x, nit, "nan", gnorm, n_bt)
+            return finish(x, nit, "nan", n_bt, (math.nan, math.nan, math.nan))
         if callback is not None:
             callback(k, x, gnorm)
         if gnorm <= target:
             z = x + beta * (x - x_prev) if beta != 0 else x.copy()
-            gz = _norm(xp, problem.grad(z, theta))
             nit += 1
-            if gz <= target:
-                return finish(z, nit, "success", gz, n_bt)
-            # rounding made the fused and the reference z differ: keep iterating
+            done = candidate(z, None, nit, n_bt)
+            if done is not None:
+                return done
         x_prev, x, out = x, out, x_prev
         t = t_new
-    return finish(x, nit, "maxiter", _norm(xp, problem.grad(x, theta)), n_bt)
+    return finish(x, nit, "maxiter", n_bt)
 
 
 def cg(matvec, b, tol, x0=None, maxiter=1000):
@@ -198,7 +253,12 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
     residual is then recomputed with one more product and, if rounding made
     it exceed ``tol``, CG restarts from the current iterate.  A starting point
     that already satisfies the rule is returned unchanged (``nit`` counts the
-    one product used to test it).
+    one product used to test it).  When CG stops for any other reason
+    (``maxiter`` products, a non-positive curvature), the true residual
+    ``||b - A x||`` of the returned ``x`` is recomputed with one more product
+    (counted in ``nit``, so ``nit`` can be ``maxiter + 1``): the recurrence
+    residual can sit orders of magnitude below the true one once rounding
+    dominates, and is never reported.
 
     Parameters
     ----------
@@ -215,9 +275,12 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
     -------
     Result
         ``x``, ``nit`` (products with A, the cost unit, including the
-        verification products), ``residual_norm`` (the true residual of ``x`` on
-        success, the recurrence residual otherwise), ``status`` (``"success"``, ``"maxiter"``,
-        ``"indefinite"`` or ``"nan"``), ``success``, ``message``.
+        verification products), ``residual_norm`` (always the *true* residual
+        ``||b - A x||`` of the returned ``x``, computed in floating point; NaN
+        when it is not finite), ``residual`` (``"true"``: which residual
+        ``residual_norm`` is), ``status`` (``"success"``: ``residual_norm <=
+        tol``; ``"maxiter"``, ``"indefinite"`` or ``"nan"``), ``success`` (True
+        only for ``"success"``), ``message``.
     """
     tol = check_positive(tol, "tol")
     maxiter = check_int(maxiter, "maxiter", minimum=1)
@@ -233,14 +296,27 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
         r = b - matvec(x)
         nit += 1
     rr = _vdot(r, r)
+    true_rr = True  # whether rr is the true residual of x
 
     def done(status):
-        res = Result(x=x, nit=nit, residual_norm=math.sqrt(rr), status=status,
-                     success=status == "success", message=STATUS_MESSAGES[status])
+        nonlocal nit, rr
+        if status != "success" and not true_rr and status != "nan":
+            rr = _true_rr()
+        if status == "success" and not math.sqrt(rr) <= tol:  # pragma: no cover - guarded by the callers
+            status = "maxiter"
+        res = Result(x=x, nit=nit, residual_norm=math.sqrt(rr) if rr >= 0 else math.nan, residual="true",
+                     status=status, success=status == "success", message=STATUS_MESSAGES[status])
         if status != "success":
-            warnings.warn(f"cg stopped with status {status!r} after {nit} products: residual "
-                          f"{math.sqrt(rr):.3e} > tol {tol:.3e}", ConvergenceWarning, stacklevel=3)
+            warnings.warn(f"cg stopped with status {status!r} after {nit} products: true residual "
+                          f"{res.residual_norm:.3e} > tol {tol:.3e}", ConvergenceWarning, stacklevel=3)
         return res
+
+    def _true_rr():
+        nonlocal nit
+        rt = b - matvec(x)
+        nit += 1
+        v = _vdot(rt, rt)
+        return v if math.isfinite(v) else math.nan
 
     while True:
         if not math.isfinite(rr):
@@ -253,10 +329,12 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
             nit += 1
             pap = _vdot(p, ap)
             if not pap > 0:
+                true_rr = False
                 return done("nan" if not math.isfinite(pap) else "indefinite")
             alpha = rr / pap
             x += alpha * p
             r -= alpha * ap
+            true_rr = False
             rr_new = _vdot(r, r)
             if not math.isfinite(rr_new):
                 rr = rr_new
@@ -273,6 +351,7 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
         r = b - matvec(x)
         nit += 1
         rr = _vdot(r, r)
+        true_rr = True
         if math.sqrt(rr) <= tol:
             return done("success")
         logger.debug("cg: recurrence residual met tol but true residual %.3e did not; restarting", math.sqrt(rr))

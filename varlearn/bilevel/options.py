@@ -16,6 +16,7 @@ _COMMON = {
     "cg_maxiter": 2000,        # per CG solve
     "warm_start_cg": True,     # start CG from the last q (safe: the bound uses the true residual)
     "checkpoint_every": 1,     # outer iterations between checkpoints
+    "checkpoint_interval": 5.0,  # at least this many seconds between checkpoints (0: every eligible iteration)
     "backtracking_lower": "auto",  # FISTA backtracking on L (see solve_lower)
     "seed": 0,                 # random state of the bound estimator
 }
@@ -92,6 +93,10 @@ def resolve_options(method, options):
         elif k in _POS_INT:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _bad(k, v, "must be a positive integer")
+        elif k == "checkpoint_interval":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+                raise _bad(k, v, "must be a finite number of seconds >= 0")
+            opts[k] = float(v)
         elif k in ("budget", "time_limit"):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise _bad(k, v, "must be a positive number (inf for no limit)")

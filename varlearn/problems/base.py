@@ -9,7 +9,14 @@ from .._validation import check_array, check_theta
 from ..backend import get_namespace, to_device, xp_name
 from ..linalg import norm as _lnorm
 
-__all__ = ["LowerProblem", "UpperLoss"]
+__all__ = ["LowerProblem", "UpperLoss", "gamma"]
+
+
+def gamma(k, dtype):
+    r""":math:`\gamma_k = k u / (1 - k u)` for the unit roundoff ``u`` of ``dtype`` (Higham 2002, §3.1)."""
+    u = float(np.finfo(dtype).eps) / 2.0
+    ku = k * u
+    return ku / (1.0 - ku) if ku < 0.5 else math.inf
 
 
 class LowerProblem:
@@ -96,6 +103,26 @@ class LowerProblem:
 
     def mixed_norm_bound(self, x, theta):  # noqa: ARG002
         return None
+
+    def grad_error_bound(self, x, theta):
+        r"""A bound on the rounding error :math:`\|fl(\nabla_x h(x,\theta)) - \nabla_x h(x,\theta)\|` of :meth:`grad`.
+
+        Used by :func:`~varlearn.solvers.solve_lower` to keep its distance
+        certificate valid in floating point.  The built-in problems override
+        this with first-order bounds from the standard model of floating-point
+        arithmetic (Higham, *Accuracy and Stability of Numerical Algorithms*,
+        2002, §3.1: :math:`|fl(a^Tb) - a^Tb| \le \gamma_k |a|^T|b|`,
+        :math:`\gamma_k = ku/(1 - ku)`), with ``u`` the unit roundoff of the
+        problem's dtype.  This generic default is an *estimate*:
+        :math:`16\,u\sqrt{n}\,L\,\|x\|_\infty` (``L`` the Lipschitz bound, 1
+        when unknown), the size of the terms a gradient sums.
+        """
+        u = float(np.finfo(self.dtype).eps) / 2.0
+        L = float(self.lipschitz(theta))
+        if not math.isfinite(L):
+            L = 1.0
+        xmax = float(self.xp.abs(x).max()) if x.size else 0.0
+        return 16.0 * u * math.sqrt(x.size) * L * xmax
 
     def describe(self, theta) -> dict:
         return {"theta": np.asarray(theta.get() if hasattr(theta, "get") else theta).tolist()}

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._validation import check_array
 from ..backend import as_float_array
+from ..linalg import norm as _lnorm
 from ..regularizers import Regularizer, TotalVariation
 from .base import LowerProblem, UpperLoss
 
@@ -51,6 +54,7 @@ class DenoisingProblem(LowerProblem):
         # regularizers that add the data term inside their own pass (one sweep instead of two)
         self._fused = hasattr(regularizer, "grad_data") and hasattr(regularizer, "hvp_data")
         self._tv = isinstance(regularizer, TotalVariation)
+        self._noisy_norm = None
 
     def _default_params(self, rng):
         return self.regularizer.init_params(rng)
@@ -102,6 +106,17 @@ class DenoisingProblem(LowerProblem):
 
     def mixed_norm_bound(self, x, theta):
         return self.regularizer.mixed_norm_bound(x, theta)
+
+    def grad_error_bound(self, x, theta):
+        """``2u(‖x‖ + ‖y‖)`` for the data term plus the regularizer's bound (the generic
+        estimate of :class:`~varlearn.problems.base.LowerProblem` when it has none)."""
+        r = self.regularizer.grad_error_bound(x, theta)
+        if r is None:
+            return super().grad_error_bound(x, theta)
+        u = float(np.finfo(self.dtype).eps) / 2.0
+        if self._noisy_norm is None:
+            self._noisy_norm = _lnorm(self.noisy)
+        return 2.0 * u * (_lnorm(x) + self._noisy_norm) + float(r)
 
     def param_layout(self):
         return self.regularizer.param_layout()

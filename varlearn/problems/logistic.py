@@ -211,6 +211,9 @@ class MultinomialLogisticProblem(LowerProblem):
         self._a_norm_sq = _sq_spectral_norm(a)
         a64 = a.astype(xp.float64, copy=False)
         self._max_row_norm = math.sqrt(float((a64 * a64).sum(axis=1).max())) * (1.0 + _EIG_SLACK)
+        # for grad_error_bound: ‖|A|‖₂ and max_i ‖a_i‖₁
+        self._abs_a_norm = math.sqrt(_sq_spectral_norm(xp.abs(a)))
+        self._max_row_l1 = float(xp.abs(a64).sum(axis=1).max()) * (1.0 + _EIG_SLACK)
         self._cache_w = None
         self._cache_s = None
 
@@ -303,6 +306,33 @@ class MultinomialLogisticProblem(LowerProblem):
         _check_w(x, self.x_shape)
         lam = self._ridge(theta)
         return float(self.xp.abs(lam * x).max())
+
+    def grad_error_bound(self, x, theta):
+        r"""First-order bound on the rounding error of :meth:`grad` (standard model, Higham 2002 §3.1).
+
+        Scores :math:`Z = AW`: :math:`|\delta Z_{ik}| \le m := \gamma_d \max|W| \max_i\|a_i\|_1`.
+        The softmax is invariant under the shift by the row maximum, so score
+        errors change it by at most :math:`2mS_{ik}`; the rounding of the
+        shifted scores, ``exp``, the sum and the division add at most
+        :math:`S_{ik}(2c+4)u + u` (``exp`` of a shifted score :math:`-t \le 0` rounded to
+        :math:`-t(1+\delta)` is off by :math:`te^{-t}u \le u/e`), so
+        :math:`|\delta S_{ik}| \le S_{ik}(2m + (2c+4)u) + u`.  Then :math:`A^T(S - Y)/n` adds
+        :math:`\gamma_n\||A|\|_2\|S - Y\|_F/n` with :math:`\|S - Y\|_F \le \sqrt{2n}`, and
+        the ridge term :math:`3u\|e^\theta \odot W\|`.
+        """
+        from .base import gamma
+
+        _check_w(x, self.x_shape)
+        xp = self.xp
+        dt = self.dtype
+        u = float(np.finfo(dt).eps) / 2.0
+        n, d, c = self.n_samples, self.n_features, self.n_classes
+        wmax = float(xp.abs(x).max())
+        m = gamma(d, dt) * wmax * self._max_row_l1
+        ridge = float(xp.linalg.norm((xp.exp(theta.astype(xp.float64)).reshape(self.x_shape) * x).ravel()))
+        ds = math.sqrt(n) * (2.0 * m + (2 * c + 6) * u) + u * math.sqrt(n * c)
+        ce = self._abs_a_norm / n * (gamma(n, dt) * math.sqrt(2.0 * n) + ds)
+        return (ce + 3.0 * u * ridge) * (1.0 + gamma(2, dt))
 
     def describe(self, theta):
         lo, hi = self._exp_range(theta)

@@ -113,6 +113,11 @@ class QuadraticProblem(LowerProblem):
         j64 = self.B.astype(xp.float64, copy=False).T @ self.A.astype(xp.float64, copy=False)
         self._j_norm = math.sqrt(max(_gram_eigs(j64)[1], 0.0))
         self._gram = self.A.T @ self.A
+        # norms used by grad_error_bound: ‖|A|‖₂, ‖|B|‖₂, ‖B‖₂ (float64, widened like the others)
+        self._abs_a = math.sqrt(max(_gram_eigs(xp.abs(self.A))[1], 0.0))
+        self._abs_b = math.sqrt(max(_gram_eigs(xp.abs(self.B))[1], 0.0))
+        self._b_norm = math.sqrt(max(_gram_eigs(self.B)[1], 0.0))
+        self._rhs_norm = float(xp.linalg.norm(self.b.astype(xp.float64)))
         # thin QR of A (float64) for the closed forms: x = R⁻¹Qᵀ(b − Bθ)
         self._q, self._r = xp.linalg.qr(self.A.astype(xp.float64, copy=False))
         self._M = None
@@ -182,6 +187,29 @@ class QuadraticProblem(LowerProblem):
 
     def mixed_norm_bound(self, x, theta):  # noqa: ARG002
         return self._j_norm
+
+    def grad_error_bound(self, x, theta):
+        r"""First-order bound on the rounding error of :meth:`grad` (``Aᵀ(Ax + Bθ − b)``).
+
+        With :math:`\gamma_k` of the problem's dtype (Higham 2002, §3.1),
+        :math:`r = Ax + B\theta - b` is computed with error at most
+        :math:`\gamma_{n+2}|A||x| + \gamma_{p+3}|B||\theta| + 2u|b|` (θ is cast to the
+        dtype first), and :math:`A^Tr` adds :math:`\gamma_m|A|^T|r|`; norms of
+        :math:`|A|, |B|` are computed once.
+        """
+        from .base import gamma
+
+        xp = self.xp
+        m, n = self.A.shape
+        p = self.n_params
+        dt = self.dtype
+        u = float(np.finfo(dt).eps) / 2.0
+        xn = float(xp.linalg.norm(x.astype(xp.float64)))
+        tn = float(xp.linalg.norm(theta.astype(xp.float64)))
+        r_bound = math.sqrt(self._L) * xn + self._b_norm * tn + self._rhs_norm
+        inner = (gamma(n + 2, dt) * self._abs_a * xn + gamma(p + 3, dt) * self._abs_b * tn
+                 + 2.0 * u * self._rhs_norm)
+        return self._abs_a * (gamma(m, dt) * r_bound + inner) * (1.0 + gamma(2, dt))
 
     # ------------------------------------------------------------------ closed forms
     def _solve_r(self, rhs):

@@ -72,6 +72,13 @@ class Regularizer:
         """An upper bound on the operator norm of the mixed derivative at ``x`` (``None``: unknown)."""
         return None
 
+    def grad_error_bound(self, x, theta):  # noqa: ARG002
+        """A bound on the rounding error of ``grad(x, theta)`` in Euclidean norm (``None``: unknown).
+
+        See :meth:`varlearn.problems.base.LowerProblem.grad_error_bound`.
+        """
+        return None
+
     def param_layout(self):
         """List of ``(name, slice)`` blocks of θ (one block ``"theta"`` by default)."""
         return [("theta", slice(0, self.n_params))]
@@ -96,6 +103,34 @@ def _host(a):
     from ..backend import to_numpy
 
     return to_numpy(a)
+
+
+def potential_grad_error(lam, d1_max, d2_max, row_l1, col_l1, n_terms, x, dtype):
+    r"""First-order rounding bound of :math:`\nabla R = \sum_i\lambda_iK_i^T\varphi_i'(K_ix)` (Euclidean norm).
+
+    For each term ``i`` (arrays over the terms): :math:`K_ix` is a sum of at
+    most ``n_terms`` products, off by :math:`\gamma\,r_i\|x\|_\infty` with ``r_i =
+    row_l1`` (the largest absolute row sum of :math:`K_i`); :math:`\varphi'` is
+    ``d2_max``-Lipschitz and bounded by :math:`D_i = \min(d1\_max, d2\_max\,r_i\|x\|_\infty)`
+    and is evaluated with relative error at most 4u; the adjoint sums at most
+    ``c_i = col_l1`` (absolute column sum) times ``n_terms`` terms.  Per pixel
+    the error is at most
+    :math:`\sum_i\lambda_ic_i[(\gamma_{2k} + 4u)D_i + \gamma_{k}d2\_max\,r_i\|x\|_\infty]`, doubled for
+    boundary folds, times :math:`\sqrt{\text{pixels}}` for the Euclidean norm.
+    """
+    from ..problems.base import gamma
+
+    xp = get_namespace(x)
+    u = float(np.finfo(dtype).eps) / 2.0
+    xinf = float(xp.abs(x).max()) if x.size else 0.0
+    lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
+    d2 = np.atleast_1d(np.asarray(d2_max, dtype=np.float64))
+    r = np.atleast_1d(np.asarray(row_l1, dtype=np.float64))
+    c = np.atleast_1d(np.asarray(col_l1, dtype=np.float64))
+    d1 = np.minimum(np.atleast_1d(np.asarray(d1_max, dtype=np.float64)), d2 * r * xinf * (1.0 + 4.0 * u))
+    g1, g2 = gamma(n_terms + 2, dtype), gamma(2 * n_terms + 4, dtype)
+    per_pixel = float(np.sum(lam * c * ((g2 + 4.0 * u) * d1 + g1 * d2 * r * xinf)))
+    return 2.0 * per_pixel * math.sqrt(x.size)
 
 
 def _vdot(a, b):
@@ -215,6 +250,20 @@ class PotentialRegularizer(Regularizer):
             total += float(xp.vdot(c1.ravel(), c1.ravel()))
         return math.sqrt(total)
 
+    def grad_error_bound(self, x, theta):
+        """:func:`potential_grad_error` with the absolute row and column sums of ``K`` bounded by
+        ``norm_bound()**2`` (true for :class:`~varlearn.operators.Identity` (1) and
+        :class:`~varlearn.operators.FiniteDifference` (2 and 4, against 8)); ``None`` for
+        other operators."""
+        from ..operators import FiniteDifference
+
+        if not isinstance(self.operator, (Identity, FiniteDifference)):
+            return None
+        lam, nu = self._natural(theta)
+        nb2 = self.operator.norm_bound() ** 2
+        return potential_grad_error(lam, self.potential.d1_max(nu), self.potential.d2_max(nu), nb2, nb2, 2, x,
+                                    x.dtype)
+
     def mixed_lipschitz(self, theta):
         # column log-weight: lam K^T phi'(Kx)          -> lam ||K||^2 sup phi''
         # column log-shape:  lam nu K^T dphi'/dnu (Kx) -> lam nu ||K||^2 sup |d phi''/dnu|
@@ -224,6 +273,8 @@ class PotentialRegularizer(Regularizer):
         if nu is None:
             return c0
         c1 = lam * nu * k2 * self.potential.d2_dnu_max(nu)
+        if not math.isfinite(c1):
+            return None  # d phi'/d nu is not Lipschitz (e.g. Huber): no constant to claim
         return math.hypot(c0, c1)
 
     def describe(self, theta):
@@ -315,6 +366,13 @@ class SumRegularizer(Regularizer):
     def mixed_norm_bound(self, x, theta):
         vals = [t.mixed_norm_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
         return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+
+    def grad_error_bound(self, x, theta):
+        # the terms' errors add, plus the rounding of the sum itself (a relative u per addition)
+        vals = [t.grad_error_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
+        if any(v is None for v in vals):
+            return None
+        return sum(vals) * (1.0 + 2.0 * len(vals) * float(np.finfo(x.dtype).eps))
 
     def describe(self, theta):
         return {f"term{i}": t.describe(theta[s]) for i, (t, s) in enumerate(zip(self.terms, self._slices))}

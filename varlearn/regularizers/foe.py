@@ -23,7 +23,7 @@ from .._filterbank import (
 from .._validation import check_int
 from ..backend import get_namespace, is_cupy_array, xp_name
 from ..potentials import Potential, SmoothedL1
-from .base import Regularizer, _host
+from .base import Regularizer, _host, potential_grad_error
 
 __all__ = ["FieldOfExperts"]
 
@@ -493,8 +493,21 @@ class FieldOfExperts(Regularizer):
         lam, nu, taps = self._bound_data(theta)
         w = lam * self._per_filter(self.potential.d3_max, nu) * np.abs(taps).sum(axis=(1, 2))
         if not np.all(np.isfinite(w)):
-            return math.inf
+            return None  # phi'' is not Lipschitz (e.g. Huber): no constant to claim
         return weighted_gram_bound(taps, w)
+
+    def grad_error_bound(self, x, theta):
+        r"""First-order rounding bound of :meth:`grad` (:func:`~varlearn.regularizers.base.potential_grad_error`).
+
+        Filter ``i`` has absolute row and column sums :math:`\|k_i\|_1`; a
+        pixel of :math:`K_ix` sums ``size**2`` products and a pixel of the
+        adjoint ``n_filters * size**2``.
+        """
+        lam, nu, taps = self._bound_data(theta)
+        l1 = np.abs(taps).sum(axis=(1, 2))
+        k = self.n_filters * self.size * self.size
+        return potential_grad_error(lam, self._per_filter(self.potential.d1_max, nu),
+                                    self._per_filter(self.potential.d2_max, nu), l1, l1, k, x, x.dtype)
 
     def mixed_lipschitz(self, theta):
         if self.learn_filters:
@@ -505,7 +518,8 @@ class FieldOfExperts(Regularizer):
         c_w = lam * self._per_filter(self.potential.d2_max, nu) * b * b               # column θ_i
         c_nu = lam * nu * self._per_filter(self.potential.d2_dnu_max, nu) * b * b     # column θ_{K+i}
         c_0 = self.lipschitz(theta)                                                   # column θ0: grad R
-        return float(math.sqrt(c_0 ** 2 + float(np.sum(c_w ** 2 + c_nu ** 2))))
+        total = float(math.sqrt(c_0 ** 2 + float(np.sum(c_w ** 2 + c_nu ** 2))))
+        return total if math.isfinite(total) else None
 
     def describe(self, theta):
         lam0, lam, nu, taps = self._host_params(theta)

@@ -185,6 +185,20 @@ class TotalVariation(Regularizer):
         c1 = (-lam * nu * nu) * _D.adjoint(u / (s * r))
         return math.sqrt(_vdot(c0, c0) + _vdot(c1, c1))
 
+    def grad_error_bound(self, x, theta):
+        r"""First-order bound on the rounding error of :meth:`grad`: :math:`64\,u\,e^{\theta_0}\sqrt{n}`.
+
+        A difference of two entries of ``x`` is computed with relative error
+        ``u``; the flux :math:`t/\sqrt{|t|^2+\nu^2}` has :math:`|t\,\partial_t| \le 1` and is
+        evaluated with relative error :math:`\le 8u`, so each of the at most 4
+        fluxes a pixel sums (each of modulus :math:`\le 1`) is off by :math:`\le 9u`,
+        and the sum of four by at most :math:`4(9u) + 4u \le 40u`, times the
+        weight; 64 leaves room for the rounding of the weight itself.
+        """
+        lam, _ = self._scalars(theta)
+        u = float(np.finfo(x.dtype).eps) / 2.0
+        return 64.0 * u * lam * math.sqrt(x.size)
+
     # ------------------------------------------------------------------ bounds
     def lipschitz(self, theta):
         lam, nu = self._scalars(theta)
