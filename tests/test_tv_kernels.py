@@ -124,27 +124,63 @@ def test_fista_step_matches_generic(rng, shape, iso, dtype):
     assert abs(gn_gen - gn_ref) <= tol * gn_ref
 
 
-@pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])
-@pytest.mark.parametrize("n_blocks", [1, 2, 3, 5, 40])
-def test_row_blocks_do_not_change_results(rng, iso, n_blocks):
-    """Splitting images into blocks of rows (any number of them) gives the same numbers."""
-    shape = (2, 40, 23)
-    x, y, v, x_prev = data(rng, shape, np.float64)
+def _kernel_run(kernel, args, n_chunks, nb, n_threads, sums=True):
+    """One kernel call over ``n_chunks`` chunks (``nb`` per image) on ``n_threads`` threads."""
+    acc = np.full(n_chunks, np.nan)
+    full = (*args, acc, nb) if sums else (*args, nb)
+    _accel.run_chunks(kernel, n_chunks, full, n_threads)
+    return acc
+
+
+def _all_kernels(x, y, v, x_prev, iso, nb, n_threads):
     lam, nu2 = 0.3, 0.05 ** 2
     t = np.float64
-    ref = [np.empty_like(x) for _ in range(3)]
-    s_f = nb_kernels._fista_step(x, x_prev, y, t(0.5), t(0.2), t(lam), t(nu2), iso, ref[0], 1)
-    s_g = nb_kernels._grad(x, y, t(1.0), t(lam), t(nu2), iso, ref[1], 1)
-    nb_kernels._hvp(x, v, t(1.0), t(lam), t(nu2), iso, ref[2], 1)
-    s_v = nb_kernels._value(x, t(nu2), iso, 1)
-    got = [np.empty_like(x) for _ in range(3)]
-    assert nb_kernels._fista_step(x, x_prev, y, t(0.5), t(0.2), t(lam), t(nu2), iso, got[0],
-                                  n_blocks) == pytest.approx(s_f, rel=1e-13)
-    assert nb_kernels._grad(x, y, t(1.0), t(lam), t(nu2), iso, got[1], n_blocks) == pytest.approx(s_g, rel=1e-13)
-    nb_kernels._hvp(x, v, t(1.0), t(lam), t(nu2), iso, got[2], n_blocks)
-    assert nb_kernels._value(x, t(nu2), iso, n_blocks) == pytest.approx(s_v, rel=1e-13)
+    n_chunks = x.shape[0] * nb
+    outs = [np.full_like(x, np.nan) for _ in range(3)]
+    sums = [
+        _kernel_run(nb_kernels._fista_chunks, (x, x_prev, y, t(0.5), t(0.2), t(lam), t(nu2), iso, outs[0]),
+                    n_chunks, nb, n_threads),
+        _kernel_run(nb_kernels._grad_chunks, (x, y, t(1.0), t(lam), t(nu2), iso, outs[1]), n_chunks, nb, n_threads),
+        _kernel_run(nb_kernels._value_chunks, (x, t(nu2), iso), n_chunks, nb, n_threads),
+    ]
+    _kernel_run(nb_kernels._hvp_chunks, (x, v, t(1.0), t(lam), t(nu2), iso, outs[2]), n_chunks, nb, n_threads,
+                sums=False)
+    return outs, sums
+
+
+@pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])
+@pytest.mark.parametrize("n_blocks", [2, 3, 5, 40])
+def test_row_blocks_do_not_change_results(rng, iso, n_blocks):
+    """Splitting images into blocks of rows (any number of them) gives the same numbers."""
+    x, y, v, x_prev = data(rng, (2, 40, 23), np.float64)
+    ref, ref_sums = _all_kernels(x, y, v, x_prev, iso, 1, 1)
+    got, got_sums = _all_kernels(x, y, v, x_prev, iso, n_blocks, 1)
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)  # per-pixel work does not depend on the split
+    for a, b in zip(got_sums, ref_sums):
+        assert a.shape == (2 * n_blocks,) and b.shape == (2,)
+        assert float(a.sum()) == pytest.approx(float(b.sum()), rel=1e-13)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 7])
+def test_results_do_not_depend_on_the_thread_count(rng, n_threads):
+    """Every output and partial sum is bit-identical on 1 and on n threads."""
+    x, y, v, x_prev = data(rng, (4, 70, 64), np.float64)  # above _SERIAL_BELOW: threads are used
+    nb = nb_kernels._n_blocks(70)
+    assert nb == 2
+    ref, ref_sums = _all_kernels(x, y, v, x_prev, True, nb, 1)
+    got, got_sums = _all_kernels(x, y, v, x_prev, True, nb, n_threads)
+    for a, b in zip(got + got_sums, ref + ref_sums):
+        assert np.isfinite(a).all()  # every chunk was written
+        np.testing.assert_array_equal(a, b)
+    # and through the public functions, with the policy's thread count
+    outs = []
+    for n in (1, n_threads):
+        with vl.threads(n):
+            out = np.empty_like(x)
+            outs.append((nb_kernels.fista_step(x, x_prev, y, 0.5, 0.2, 0.3, 0.05 ** 2, True, out), out))
+    assert outs[0][0] == outs[1][0]
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
 def test_batched_and_single_image_inputs(rng):

@@ -2,6 +2,7 @@
 import logging
 
 from . import backend, operators, potentials, testing
+from ._accel import get_threads, set_threads, thread_info, threads
 from .bilevel import BilevelResult, minimize_bilevel
 from .hypergradient import hypergradient
 from .problems import (
@@ -43,5 +44,7 @@ __all__ = [
     "solve_lower", "cg", "hypergradient", "minimize_bilevel", "BilevelResult",
     # results and warnings
     "Result", "ConvergenceWarning", "VarlearnWarning",
+    # the thread policy (numba kernels and BLAS together)
+    "set_threads", "get_threads", "threads", "thread_info",
     "__version__",
 ]

@@ -1,17 +1,27 @@
 """Fused NumPy-backend kernels for smoothed total variation (optional, needs numba).
 
-One pass over memory per call.  The work is split into chunks of rows (a whole
-image per chunk when the batch has enough images to keep every thread busy,
-blocks of rows of an image otherwise); a chunk streams its rows, keeping one or
-two rows of intermediate values (the extrapolated point ``z``, the horizontal
-and vertical fluxes) in a small scratch buffer allocated once per call.  The
-inner loops run over one row with no branches so that LLVM vectorises them;
-sums of squares are accumulated per column (in float64) and added up at the
-end of the chunk, which keeps the accumulation vectorisable without
-``fastmath``.  Arithmetic is done in the dtype of the arrays (float32 stays
-float32, as in the NumPy reference).  The fluxes ``u / r`` of the gradient are
-computed as ``u * (1 / r)`` (one division per pixel instead of two), which
-changes them by at most a few units in the last place.
+One pass over memory per call.  The work is split into chunks of rows: each
+image into ``H // 32`` blocks of consecutive rows (at least one), a split that
+depends on the image height only.  A chunk streams its rows, keeping one or two
+rows of intermediate values (the extrapolated point ``z``, the horizontal and
+vertical fluxes) in a small scratch buffer allocated once per call and thread.
+The inner loops run over one row with no branches so that LLVM vectorises
+them; sums of squares are accumulated per column (in float64), added up per
+chunk, and the per-chunk partial sums are added in chunk order, so every
+result is the same whatever the number of threads.  Arithmetic is done in the
+dtype of the arrays (float32 stays float32, as in the NumPy reference).  The
+fluxes ``u / r`` of the gradient are computed as ``u * (1 / r)`` (one division
+per pixel instead of two), which changes them by at most a few units in the
+last place.
+
+Threads.  The kernels are serial numba functions that release the GIL
+(``nogil=True``); :func:`varlearn._accel.run_chunks` spreads the chunks over
+the kernel threads of the package's thread policy (a pool of Python threads
+that sleep between calls, so nothing spins on a core another job needs).
+Compared with ``parallel=True`` kernels this also cuts the first-run compile
+time (numba's parallel transformation was most of it) and leaves no OpenMP
+runtime to compete with the BLAS threads.  Each kernel is compiled on its first
+call, for the dtype of that call only, and cached on disk (``cache=True``).
 
 The NumPy code in :mod:`varlearn.regularizers.tv` is the reference; the test
 suite checks these kernels against it (the results agree up to rounding: the
@@ -25,48 +35,53 @@ Forward differences are zero across the last column / row (see
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-# Rows per chunk below which an image is not split further between threads.
-_MIN_ROWS_PER_CHUNK = 16
+from . import _accel
+
+# Rows per chunk (an image of height h is split into h // 32 blocks of rows).
+_ROWS_PER_CHUNK = 32
 # Stacks with fewer pixels run on the calling thread only: waking the other
 # threads would cost more than the work (and much more on a loaded machine).
 _SERIAL_BELOW = 16384
 
 
-def _n_blocks(n_img, h):
-    """Row blocks per image: enough chunks for about 4 per thread, each >= 16 rows."""
-    n_threads = numba.get_num_threads()
-    want = -(-4 * n_threads // max(n_img, 1))
-    return max(1, min(want, h // _MIN_ROWS_PER_CHUNK))
+def _n_blocks(h):
+    """Row blocks per image: about one per ``_ROWS_PER_CHUNK`` rows (at least one).
+
+    The split depends on the image height only, never on the thread count, so
+    the partial sums -- and hence every result -- are the same for any number of
+    threads.
+    """
+    return max(1, h // _ROWS_PER_CHUNK)
 
 
-def _run(kernel, x, *args):
-    """``kernel(*args, n_blocks)``, on one thread when ``x`` is small."""
+def _run(kernel, x, args, partial_sums=True):
+    """Run ``kernel`` over all chunks of ``x``; returns the per-chunk partial sums (or ``None``).
+
+    Stacks of fewer than ``_SERIAL_BELOW`` pixels run on the calling thread,
+    larger ones on the kernel threads of the thread policy
+    (:func:`varlearn._accel.get_threads`).
+    """
     n_img, h, w = x.shape
-    if n_img * h * w < _SERIAL_BELOW:
-        old = numba.get_num_threads()
-        if old > 1:
-            numba.set_num_threads(1)
-            try:
-                return kernel(*args, 1)
-            finally:
-                numba.set_num_threads(old)
-        return kernel(*args, 1)
-    return kernel(*args, _n_blocks(n_img, h))
+    nb = _n_blocks(h)
+    n_chunks = n_img * nb
+    acc = np.empty(n_chunks) if partial_sums else None
+    full = (*args, acc, nb) if partial_sums else (*args, nb)
+    _accel.run_chunks(kernel, n_chunks, full, 1 if n_img * h * w < _SERIAL_BELOW else None)
+    return acc
 
 
 # ---------------------------------------------------------------------- row helpers
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _z_row(xr, pr, beta, zr):
     """zr = xr + beta (xr - pr)."""
     for j in range(zr.shape[0]):
         zr[j] = xr[j] + beta * (xr[j] - pr[j])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _flux_row(zc, zn, nu2, iso, last, ph, pv):
     """phi'(D z) on one row: ``ph`` horizontal, ``pv`` vertical (zero where D z does not exist).
 
@@ -105,7 +120,7 @@ def _flux_row(zc, zn, nu2, iso, last, ph, pv):
     ph[m] = 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _hflux_row(xc, xn, vc, vn, nu2, iso, last, ph, pv):
     """[d^2 phi(D x)] D v on one row (zero where D does not exist)."""
     w = xc.shape[0]
@@ -150,29 +165,29 @@ def _hflux_row(xc, xn, vc, vn, nu2, iso, last, ph, pv):
     ph[m] = 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _chunk_rows(c, nb, h):
     n = c // nb
     b = c - n * nb
     return n, (b * h) // nb, ((b + 1) * h) // nb
 
 
-# ---------------------------------------------------------------------- kernels
-@njit(parallel=True, cache=True)
-def _fista_step(x, xprev, y, beta, tau, lam, nu2, iso, out, nb):
-    n_img, h, w = x.shape
-    n_chunks = n_img * nb
-    buf = np.empty((n_chunks, 5, w), x.dtype)
-    sq = np.zeros((n_chunks, w))
-    acc = np.empty(n_chunks)
-    for c in prange(n_chunks):
+# ---------------------------------------------------------------------- kernels (serial, nogil)
+# Each kernel runs the chunks c0 <= c < c1 on the calling thread and stores each
+# chunk's partial sum in acc[c]; _run spreads the chunks over the kernel threads.
+@njit(cache=True, nogil=True)
+def _fista_chunks(x, xprev, y, beta, tau, lam, nu2, iso, out, acc, nb, c0, c1):
+    h, w = x.shape[1], x.shape[2]
+    buf = np.empty((5, w), x.dtype)
+    sqc = np.empty(w)
+    for c in range(c0, c1):
         n, r0, r1 = _chunk_rows(c, nb, h)
-        za = buf[c, 0]
-        zb = buf[c, 1]
-        ph = buf[c, 2]
-        pa = buf[c, 3]
-        pb = buf[c, 4]
-        sqc = sq[c]
+        sqc[:] = 0.0
+        za = buf[0]
+        zb = buf[1]
+        ph = buf[2]
+        pa = buf[3]
+        pb = buf[4]
         if r0 > 0:
             # the vertical flux of the row above the chunk
             _z_row(x[n, r0 - 1], xprev[n, r0 - 1], beta, zb)
@@ -203,22 +218,19 @@ def _fista_step(x, xprev, y, beta, tau, lam, nu2, iso, out, nb):
                 orow[j] = zc[j] - tau * g
                 sqc[j] += np.float64(g) * np.float64(g)
         acc[c] = sqc.sum()
-    return acc.sum()
 
 
-@njit(parallel=True, cache=True)
-def _grad(x, y, data_w, lam, nu2, iso, out, nb):
-    n_img, h, w = x.shape
-    n_chunks = n_img * nb
-    buf = np.empty((n_chunks, 3, w), x.dtype)
-    sq = np.zeros((n_chunks, w))
-    acc = np.empty(n_chunks)
-    for c in prange(n_chunks):
+@njit(cache=True, nogil=True)
+def _grad_chunks(x, y, data_w, lam, nu2, iso, out, acc, nb, c0, c1):
+    h, w = x.shape[1], x.shape[2]
+    buf = np.empty((3, w), x.dtype)
+    sqc = np.empty(w)
+    for c in range(c0, c1):
         n, r0, r1 = _chunk_rows(c, nb, h)
-        ph = buf[c, 0]
-        pa = buf[c, 1]
-        pb = buf[c, 2]
-        sqc = sq[c]
+        sqc[:] = 0.0
+        ph = buf[0]
+        pa = buf[1]
+        pb = buf[2]
         if r0 > 0:
             _flux_row(x[n, r0 - 1], x[n, r0], nu2, iso, False, ph, pa)
         else:
@@ -242,19 +254,17 @@ def _grad(x, y, data_w, lam, nu2, iso, out, nb):
                 orow[j] = g
                 sqc[j] += np.float64(g) * np.float64(g)
         acc[c] = sqc.sum()
-    return acc.sum()
 
 
-@njit(parallel=True, cache=True)
-def _hvp(x, v, data_w, lam, nu2, iso, out, nb):
-    n_img, h, w = x.shape
-    n_chunks = n_img * nb
-    buf = np.empty((n_chunks, 3, w), x.dtype)
-    for c in prange(n_chunks):
+@njit(cache=True, nogil=True)
+def _hvp_chunks(x, v, data_w, lam, nu2, iso, out, nb, c0, c1):
+    h, w = x.shape[1], x.shape[2]
+    buf = np.empty((3, w), x.dtype)
+    for c in range(c0, c1):
         n, r0, r1 = _chunk_rows(c, nb, h)
-        ph = buf[c, 0]
-        pa = buf[c, 1]
-        pb = buf[c, 2]
+        ph = buf[0]
+        pa = buf[1]
+        pb = buf[2]
         if r0 > 0:
             _hflux_row(x[n, r0 - 1], x[n, r0], v[n, r0 - 1], v[n, r0], nu2, iso, False, ph, pa)
         else:
@@ -276,19 +286,16 @@ def _hvp(x, v, data_w, lam, nu2, iso, out, nb):
             orow[0] = data_w * vr[0] + lam * (pvp[0] - pv[0] - ph[0])
             for j in range(1, w):
                 orow[j] = data_w * vr[j] + lam * (ph[j - 1] - ph[j] + pvp[j] - pv[j])
-    return out
 
 
-@njit(parallel=True, cache=True)
-def _value(x, nu2, iso, nb):
-    n_img, h, w = x.shape
-    n_chunks = n_img * nb
-    sq = np.zeros((n_chunks, w))
-    acc = np.empty(n_chunks)
-    m = w - 1
-    for c in prange(n_chunks):
+@njit(cache=True, nogil=True)
+def _value_chunks(x, nu2, iso, acc, nb, c0, c1):
+    h, w = x.shape[1], x.shape[2]
+    s = np.empty(w)
+    for c in range(c0, c1):
         n, r0, r1 = _chunk_rows(c, nb, h)
-        s = sq[c]
+        s[:] = 0.0
+        m = w - 1
         for i in range(r0, r1):
             xc = x[n, i]
             if i == h - 1:
@@ -313,7 +320,6 @@ def _value(x, nu2, iso, nb):
                 b = xn[m] - xc[m]
                 s[m] += np.float64(np.sqrt(b * b + nu2))
         acc[c] = s.sum()
-    return acc.sum()
 
 
 # ---------------------------------------------------------------------- public API
@@ -324,7 +330,8 @@ def fista_step(x, xprev, y, beta, tau, lam, nu2, iso, out):
     must not alias ``x``, ``xprev`` or ``y``.
     """
     t = x.dtype.type
-    return float(_run(_fista_step, x, x, xprev, y, t(beta), t(tau), t(lam), t(nu2), bool(iso), out))
+    args = (x, xprev, y, t(beta), t(tau), t(lam), t(nu2), bool(iso), out)
+    return float(_run(_fista_chunks, x, args).sum())
 
 
 def grad(x, y, data_w, lam, nu2, iso, out):
@@ -333,7 +340,7 @@ def grad(x, y, data_w, lam, nu2, iso, out):
     ``out`` must not alias ``x`` or ``y``.
     """
     t = x.dtype.type
-    return float(_run(_grad, x, x, y, t(data_w), t(lam), t(nu2), bool(iso), out))
+    return float(_run(_grad_chunks, x, (x, y, t(data_w), t(lam), t(nu2), bool(iso), out)).sum())
 
 
 def hvp(x, v, data_w, lam, nu2, iso, out):
@@ -342,9 +349,10 @@ def hvp(x, v, data_w, lam, nu2, iso, out):
     ``out`` must not alias ``x`` or ``v``.
     """
     t = x.dtype.type
-    return _run(_hvp, x, x, v, t(data_w), t(lam), t(nu2), bool(iso), out)
+    _run(_hvp_chunks, x, (x, v, t(data_w), t(lam), t(nu2), bool(iso), out), partial_sums=False)
+    return out
 
 
 def value(x, lam, nu2, iso):
     """lam * sum of the smoothed TV terms that exist (see the module docstring), a Python float."""
-    return float(lam) * float(_run(_value, x, x, x.dtype.type(nu2), bool(iso)))
+    return float(lam) * float(_run(_value_chunks, x, (x, x.dtype.type(nu2), bool(iso))).sum())

@@ -12,6 +12,8 @@ import logging
 
 import numpy as np
 
+from . import _accel
+
 logger = logging.getLogger("varlearn")
 
 __all__ = [
@@ -79,7 +81,12 @@ def get_namespace(*arrays):
     ``None``, Python scalars and NumPy scalars are ignored.  Mixing NumPy and
     CuPy arrays raises :class:`TypeError` (we never copy between devices
     behind the user's back).  With no arrays at all, NumPy is returned.
+
+    Every computation looks up its namespace here, so this is also where the
+    package's thread policy is applied (:func:`varlearn.set_threads`; one
+    clock read between its re-evaluations).
     """
+    _accel.sync_threads()
     found = None
     for a in arrays:
         if a is None or isinstance(a, (int, float, complex, np.generic)):
