@@ -49,7 +49,8 @@ class STNResult(Result):
     message, n_steps (weight steps), n_hyper_steps, epochs, cost (pixel passes), wall_time (s),
     hyper (final constrained values), hyper_u, hyper_sigma, hyper_state (JSON state of the container),
     final_val_psnr, final_val_loss, noisy_psnr (PSNR of the noisy evaluation crops),
-    best (the history row with the highest validation PSNR), best_state (model arrays at that row),
+    best (the history row with the lowest val_loss; for log_mse the highest mean PSNR),
+    best_state (model arrays at that row),
     history (one dict per evaluation), options (resolved), seed.
     """
 

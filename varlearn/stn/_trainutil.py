@@ -79,7 +79,7 @@ def validate_options(options, hyper):
     o["warmup_steps"] = _int(o["warmup_steps"], "warmup_steps", 0, none_ok=True)
     o["max_epochs"] = _real(o["max_epochs"], "max_epochs", none_ok=True)
     o["budget"] = _real(o["budget"], "budget", none_ok=True)
-    o["time_limit"] = _real(o["time_limit"], "time_limit", none_ok=True, inf_ok=True)
+    o["time_limit"] = _real(o["time_limit"], "time_limit", strict=False, none_ok=True, inf_ok=True)
     for k in ("lr", "hyper_lr", "data_range"):
         o[k] = _real(o[k], k)
     o["scale_lr"] = _real(o["scale_lr"], "scale_lr", none_ok=True)

@@ -5,7 +5,8 @@ trainer (:class:`~varlearn.stn.train.STNTrainer` with ``hyper_steps=False``
 and ``perturb=False``: the hypernet sees the constant ``u`` and the training
 steps use exactly λ), from the same initial weights and with the same seed
 (common random numbers: the trials differ only in λ).  A trial's score is its
-best validation PSNR over its evaluations, as for the STN run.
+lowest validation loss over its evaluations (the highest mean PSNR for the
+default ``val_loss="log_mse"``), as for the STN run.
 
 Equal cost: with ``C_trial`` the planned cost of one trial
 (:meth:`~varlearn.stn.train.STNTrainer.planned_cost`, exact because a trial
@@ -45,10 +46,12 @@ class SearchResult(Result):
     Keys: ``kind``, ``status`` (``"done"``: all ``K`` trials ran;
     ``"callback_stop"``), ``n_trials`` (K), ``trial_cost`` (planned cost of
     one trial), ``budget`` (``C_STN``), ``total_cost``, ``wall_time``,
-    ``trials`` (one dict per trial: ``values``, ``val_psnr`` (best),
-    ``final_val_psnr``, ``cost``, ``wall_time``, ``status``), ``best`` (the
-    best trial), ``best_state`` (its weights at its best evaluation),
-    ``curve`` (``cost``, ``time``, ``best_val_psnr`` after each trial).
+    ``trials`` (one dict per trial: ``values``, ``val_psnr``,
+    ``val_loss`` (both at the trial's best evaluation), ``final_val_psnr``,
+    ``final_val_loss``, ``cost``, ``wall_time``, ``status``), ``best`` (the
+    trial with the lowest ``val_loss``), ``best_state`` (its weights at its best
+    evaluation), ``curve`` (``cost``, ``time``, ``best_val_loss`` and the
+    ``best_val_psnr`` of that trial, after each trial).
     """
 
 
@@ -141,10 +144,11 @@ def grid_points(hyper, k, names=None):
 
 
 def best_so_far(history, key="val_psnr"):
-    """``(cost, time, best)`` arrays of the running maximum of ``key`` over STN history rows."""
+    """``(cost, time, best)``: the running best of ``key`` over STN history rows (max for PSNR, min for losses)."""
     cost = np.array([r["cost"] for r in history], dtype=float)
     t = np.array([r["time"] for r in history], dtype=float)
-    return cost, t, np.maximum.accumulate(np.array([r[key] for r in history], dtype=float))
+    v = np.array([r[key] for r in history], dtype=float)
+    return cost, t, (np.maximum if "psnr" in key else np.minimum).accumulate(v)
 
 
 def _search(kind, points_fn, model, hyper, train_images, val_images, *, sigma, budget, trial_options, seed,
@@ -158,7 +162,7 @@ def _search(kind, points_fn, model, hyper, train_images, val_images, *, sigma, b
     points = points_fn(k)
     trials, best, best_state, status = [], None, None, "done"
     total, seconds = 0.0, 0.0
-    curve = {"cost": [], "time": [], "best_val_psnr": []}
+    curve = {"cost": [], "time": [], "best_val_loss": [], "best_val_psnr": []}
     for i, p in enumerate(points):
         model.load_state(init)
         t0 = time.perf_counter()
@@ -166,13 +170,15 @@ def _search(kind, points_fn, model, hyper, train_images, val_images, *, sigma, b
         dt = time.perf_counter() - t0
         total += r.cost
         seconds += dt
-        trial = {"index": i, "values": r.hyper, "val_psnr": r.best["val_psnr"], "final_val_psnr": r.final_val_psnr,
-                 "cost": r.cost, "wall_time": dt, "status": r.status}
+        trial = {"index": i, "values": r.hyper, "val_loss": r.best["val_loss"], "val_psnr": r.best["val_psnr"],
+                 "final_val_loss": r.final_val_loss, "final_val_psnr": r.final_val_psnr, "cost": r.cost,
+                 "wall_time": dt, "status": r.status}
         trials.append(trial)
-        if best is None or trial["val_psnr"] > best["val_psnr"]:
+        if best is None or trial["val_loss"] < best["val_loss"]:
             best, best_state = trial, r.best_state
         curve["cost"].append(total)
         curve["time"].append(seconds)
+        curve["best_val_loss"].append(best["val_loss"])
         curve["best_val_psnr"].append(best["val_psnr"])
         logger.info("%s search: trial %d/%d %s -> val PSNR %.3f dB (best %.3f)", kind, i + 1, len(points),
                     trial["values"], trial["val_psnr"], best["val_psnr"])

@@ -278,7 +278,7 @@ class STNTrainer:
         self._acc = [0.0, 0, 0.0, 0]
         self._last_eval = (self.n_w, self.n_h)
         self.history.append(row)
-        if self.best is None or psnr > self.best["val_psnr"]:
+        if self.best is None or loss < self.best["val_loss"]:
             self.best = row
             self.best_state = {k: self.xp.array(v, copy=True) for k, v in self.model.state().items()}
         logger.info("stn: step %d (hyper %d, %s) cost %.4g: val PSNR %.3f dB, val loss %.5g, %s", self.n_w, self.n_h,
@@ -477,7 +477,8 @@ def train_stn(model, hyper, train_images, val_images, *, sigma, options=None, ca
     ``tune_scales`` is off) to the hypernetwork, and takes an Adam step on
     ``u`` with ``Σ_b ∂L_V/∂ũ_b`` and on ``rho`` with the reparameterised
     gradient minus ``tau ∂H/∂rho``.  Evaluations use the unperturbed ``u`` on
-    the fixed crops and keep the best model (highest PSNR).
+    the fixed crops and keep the best model (lowest validation loss: with
+    ``val_loss="log_mse"`` exactly the highest mean PSNR).
 
     Stopping rules, checked before every step, in this order: ``max_steps``
     (weight steps done), ``max_epochs`` (weight steps / ``steps_per_epoch``),
