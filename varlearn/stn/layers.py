@@ -350,7 +350,7 @@ class STNConv2d:
         w = xp.concatenate([p["K_e"], p["K_h"]], axis=0)
         z = conv_padded(x, w, geom)
         y, zh = z[:co], z[co:]
-        zero_border(zh, geom)  # zh's borders enter the gains and the backward pass (0 * garbage = nan)
+        zero_border(z, geom)  # both halves: the borders of zh enter the gains and the backward pass
         y3 = y.reshape(co, geom.batch, -1)
         y3 += gains[:, :co].T[:, :, None] * zh.reshape(co, geom.batch, -1)
         y3 += (p["b_e"][:, None] + gains[:, co:].T * p["b_h"][:, None])[:, :, None]
