@@ -176,6 +176,10 @@ def test_builtin_images_names_and_size():
     assert 0.0 <= b.min() and b.max() <= 1.0
     with pytest.raises(ValueError, match="eagle"):
         ds.builtin_images(["camera", "eagle"])
+    with pytest.raises(TypeError, match=r"names must hold str, got 3"):
+        ds.builtin_images(["camera", 3])
+    with pytest.raises(ValueError, match="names must not be empty"):
+        ds.builtin_images([])
     with pytest.raises(ValueError, match="size"):
         ds.builtin_images(size=0)
     with pytest.raises(TypeError, match="size"):
@@ -735,6 +739,8 @@ def test_download_offline_message(tmp_path, closed_port_url):
     assert _files_under(cache) == []
     with pytest.raises(ValueError, match="base_url"):
         ds.kodak(indices=[2], cache_dir=cache, base_url="ftp://example.invalid/")
+    with pytest.raises(TypeError, match="base_url must hold str"):
+        ds.kodak(indices=[2], cache_dir=cache, base_url=[closed_port_url, 7])
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,10 @@ def is_int(value) -> bool:
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_str(value) -> bool:
+    return isinstance(value, str)
+
+
 def parse_size(size, name="size"):
     """``None`` -> ``None``; ``n`` -> ``(n, n)``; ``(h, w)`` -> ``(h, w)``; positive ints only."""
     if size is None:
@@ -53,21 +57,31 @@ def parse_size(size, name="size"):
     return hw
 
 
+def as_items(value, name, single, item_type, item_text):
+    """``value`` as a non-empty list: one ``single`` item, or a sequence of ``item_type`` items.
+
+    ``TypeError``/``ValueError`` naming ``name`` for anything else.
+    """
+    if single(value):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {item_text} or a sequence of them, got {value!r}") from None
+    if not items:
+        raise ValueError(f"{name} must not be empty")
+    for item in items:
+        if not item_type(item):
+            raise TypeError(f"{name} must hold {item_text}, got {item!r}")
+    return items
+
+
 def parse_indices(indices, n):
     """0-based positions in ``range(n)``: sorted, without duplicates; ``None`` means all."""
     if indices is None:
         return list(range(n))
-    if is_int(indices):
-        indices = [indices]
-    try:
-        items = list(indices)
-    except TypeError:
-        raise TypeError(f"indices must be None, an int or a sequence of ints, got {indices!r}") from None
-    if not items:
-        raise ValueError("indices must not be empty")
+    items = as_items(indices, "indices", is_int, is_int, "ints")
     for i in items:
-        if not is_int(i):
-            raise TypeError(f"indices must hold ints, got {i!r}")
         if not 0 <= int(i) < n:
             raise ValueError(f"indices must lie in [0, {n}), got {int(i)}")
     return sorted({int(i) for i in items})

@@ -22,7 +22,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from ._common import DataError, DownloadError, as_path, list_text
+from ._common import DataError, DownloadError, as_items, as_path, is_str, list_text
 
 logger = logging.getLogger("varlearn")
 
@@ -138,19 +138,9 @@ def download_urls(info, fname, base_url):
     if base_url is None:
         urls = [info["files"][fname]["url"]] + [_join_url(m, fname) for m in info["mirrors"]]
     else:
-        if isinstance(base_url, str):
-            bases = [base_url]
-        else:
-            try:
-                bases = list(base_url)
-            except TypeError:
-                raise TypeError(f"base_url must be a str or a sequence of str, got {base_url!r}") from None
-        if not bases:
-            raise ValueError("base_url: no download location given")
+        bases = as_items(base_url, "base_url", is_str, is_str, "str")
         urls = []
         for base in bases:
-            if not isinstance(base, str):
-                raise TypeError(f"base_url must hold str, got {base!r}")
             if urllib.parse.urlsplit(base).scheme.lower() not in ("http", "https"):
                 raise ValueError(f"base_url must be an http:// or https:// URL, got {base!r}")
             urls.append(_join_url(base, fname))

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from ._common import parse_size
+from ._common import as_items, is_str, parse_size
 from .images import to_float_image
 from .transforms import crop_hw, resize_hw
 
@@ -41,17 +41,8 @@ def _builtin_one(name):
 def _names(names):
     if names is None:
         return BUILTIN_NAMES
-    if isinstance(names, str):
-        return (names,)
-    try:
-        names = tuple(names)
-    except TypeError:
-        raise TypeError(f"names must be a str or a sequence of str, got {names!r}") from None
-    if not names:
-        raise ValueError("names must not be empty")
+    names = tuple(as_items(names, "names", is_str, is_str, "str"))
     for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"names must hold str, got {name!r}")
         if name not in _OFFLINE_BUILTINS:
             raise ValueError(
                 f"names: unknown or not offline built-in image {name!r}; choose from {', '.join(_OFFLINE_BUILTINS)}"
