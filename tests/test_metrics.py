@@ -26,6 +26,20 @@ def test_psnr_closed_form():
     assert metrics.psnr(ref, ref) == math.inf
 
 
+def test_psnr_from_mse(pair):
+    clean, noisy = pair
+    mse = np.mean((noisy - clean) ** 2, axis=(-2, -1))
+    np.testing.assert_allclose(metrics.psnr_from_mse(mse), metrics.psnr_per_image(noisy, clean), rtol=1e-12)
+    assert metrics.psnr_from_mse(0.01) == pytest.approx(20.0, abs=1e-12)
+    assert metrics.psnr_from_mse(0.01 * 255**2, data_range=255) == pytest.approx(20.0, abs=1e-12)
+    assert metrics.psnr_from_mse(0.0) == math.inf
+    assert metrics.psnr_from_mse(np.array([0.0, 1.0])).tolist() == [math.inf, 0.0]
+    with pytest.raises(ValueError, match="mse must be >= 0"):
+        metrics.psnr_from_mse(-1e-3)
+    with pytest.raises(ValueError, match="mse must be >= 0 everywhere"):
+        metrics.psnr_from_mse(np.array([0.1, np.nan]))
+
+
 def test_psnr_matches_skimage_without_clipping(pair):
     clean, noisy = pair
     assert noisy.min() < 0 and noisy.max() > 1  # out-of-range pixels are charged, not clipped

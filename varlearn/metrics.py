@@ -47,7 +47,7 @@ import numpy as np
 
 from .backend import get_namespace, to_numpy
 
-__all__ = ["psnr", "psnr_per_image", "mean_psnr", "ssim", "ssim_per_image"]
+__all__ = ["psnr", "psnr_per_image", "mean_psnr", "psnr_from_mse", "ssim", "ssim_per_image"]
 
 # Relative slack allowed when checking the reference against data_range
 # (rounding in a float32 image rescaled to [0, 1]).
@@ -110,6 +110,41 @@ def _prepare(x, reference, data_range, clip, min_ndim):
 def _psnr_from_mse(xp, mse, data_range):
     with np.errstate(divide="ignore"):
         return 10.0 * xp.log10(data_range**2 / mse)
+
+
+def psnr_from_mse(mse, *, data_range=1.0):
+    """PSNR in dB from mean squared errors: ``10 log10(data_range**2 / mse)``.
+
+    For code that already has per-image MSEs (e.g. from a loss function).
+
+    Parameters
+    ----------
+    mse : float or array
+        Mean squared errors, >= 0 (NumPy or CuPy; the result keeps the namespace).
+    data_range : float, optional
+        As for :func:`psnr`.
+
+    Returns
+    -------
+    float or array
+        ``inf`` where ``mse`` is 0.
+
+    Raises
+    ------
+    ValueError
+        If an MSE is negative or NaN, or ``data_range`` is not a positive finite number.
+    """
+    data_range = _check_data_range(data_range)
+    if isinstance(mse, (numbers.Real, np.floating)) and not isinstance(mse, (bool, np.bool_)):
+        value = float(mse)
+        if not value >= 0:
+            raise ValueError(f"mse must be >= 0, got {mse!r}")
+        return math.inf if value == 0 else 10.0 * math.log10(data_range**2 / value)
+    xp = get_namespace(mse)
+    mse = xp.asarray(mse, dtype=xp.float64)
+    if not bool((mse >= 0).all()):
+        raise ValueError("mse must be >= 0 everywhere (got negative or NaN values)")
+    return _psnr_from_mse(xp, mse, data_range)
 
 
 def psnr(x, reference, *, data_range=1.0, clip=False):
