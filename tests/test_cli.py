@@ -191,7 +191,8 @@ def _checkpoint_k(path):
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # 20 outer iterations of ~30 ms each here: the kill lands well inside the run
     clean, noisy = write_pairs(tmp_path, n=2, size=64, seed=3)
-    common = ["--clean", str(clean), "--noisy", str(noisy), "--max-iter", "20", "--threads", "1", "--quiet"]
+    common = ["--clean", str(clean), "--noisy", str(noisy), "--max-iter", "20", "--threads", "1", "--quiet",
+              "--checkpoint-interval", "0"]
     run = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "varlearn.cli", "learn", *common, "--out", str(run)],
