@@ -29,14 +29,11 @@ import sys
 
 import numpy as np
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import _common as C  # noqa: E402
-
-import varlearn as vl  # noqa: E402
-from varlearn.backend import to_device, to_numpy  # noqa: E402
+import varlearn as vl
+from varlearn import experiments as E
+from varlearn.backend import to_device, to_numpy
+from varlearn.bilevel import analysis as A
+from varlearn.bilevel import figures as F
 
 EPS_LIST = (1e-1, 1e-3, 1e-5)
 MAID_OPTIONS = {"rho": 0.5, "nu": 0.5, "nu_inc": 1.25, "step0": 0.01}
@@ -86,7 +83,8 @@ def exact_gradient_descent(problem, upper, theta0, L_f, n_iter, theta_star, f_st
 
 def run_one(problem, upper, theta0, method, eps, max_iter, theta_star, f_star, check_every):
     """One MAID or fixed run with per-iteration exact f and ‖θ − θ*‖, and error-bound checks."""
-    opts = dict(MAID_OPTIONS if method == "maid" else FIXED_OPTIONS, eps0=eps, delta0=eps, max_iter=max_iter)
+    spec = A.parse_method(f"{method}:{eps!r}")
+    opts = dict(MAID_OPTIONS if method == "maid" else FIXED_OPTIONS, **spec.options, max_iter=max_iter)
     exact_f, dist, bound_checks = [], [], []
 
     def record(theta, x, row):
@@ -105,16 +103,16 @@ def run_one(problem, upper, theta0, method, eps, max_iter, theta_star, f_star, c
     def callback(r):
         record(r.theta, r.x, r.row)
 
-    with C.Timer() as t:
+    with E.Timer() as t:
         res = vl.minimize_bilevel(problem, upper, theta0, method, options=opts, callback=callback)
-    label = f"MAID ε0=δ0={eps:g}" if method == "maid" else f"fixed ε=δ={eps:g}"
+    label = spec.label
     d = np.asarray(dist)
     hit = np.nonzero(d <= 1e-4)[0]
     errs = np.array([c[0] for c in bound_checks]) if bound_checks else np.zeros(0)
     oms = np.array([c[1] for c in bound_checks]) if bound_checks else np.zeros(0)
     floors = np.array([c[2] for c in bound_checks]) if bound_checks else np.zeros(0)
     fin = np.isfinite(oms)
-    s = C.summarize_run(res, label, extra={
+    s = A.summarize_run(res, label, extra={
         "gap": res["fun"] - f_star,
         "gap_exact": exact_f[-1],
         "dist": d[-1],
@@ -136,7 +134,7 @@ def run_one(problem, upper, theta0, method, eps, max_iter, theta_star, f_star, c
 
 
 def main(argv=None):
-    p = C.make_parser(__doc__.splitlines()[0], seed=29, out="results/quadratic")
+    p = E.make_parser(__doc__.splitlines()[0], seed=29, out="results/quadratic")
     p.add_argument("--conditioning", choices=["paper", "well"], default=None,
                    help="the paper's U[0,1) problem (cond(f) ~ 1e5) or a cond-9 variant; "
                         "default: paper (well with --quick)")
@@ -148,8 +146,8 @@ def main(argv=None):
     conditioning = args.conditioning or ("well" if quick else "paper")
     max_iter = args.max_iter or (300 if quick else 3000)
     check_every = args.check_every if args.check_every is not None else (1 if quick else 10)
-    xp = C.array_module(args.backend)
-    out = C.prepare_out(args.out)
+    xp = E.array_module(args.backend)
+    out = E.prepare_out(args.out)
 
     if conditioning == "paper":
         problem, upper, theta0 = vl.make_paper_quadratic(seed=args.seed, xp=xp)
@@ -167,7 +165,7 @@ def main(argv=None):
         for method in ("maid", "fixed"):
             runs.append(run_one(problem, upper, theta0, method, eps, max_iter, theta_star, f_star,
                                 check_every if method == "maid" else 0))
-    with C.Timer() as t_gd:
+    with E.Timer() as t_gd:
         gd_gap, gd_dist = exact_gradient_descent(problem, upper, theta0, L_f, max_iter, theta_star, f_star)
     gd = {"label": f"exact-gradient descent, step 1/L_f, {max_iter} its", "gap": float(gd_gap[-1]),
           "dist": float(gd_dist[-1]), "wall_time": t_gd.seconds,
@@ -176,57 +174,45 @@ def main(argv=None):
 
     # ------------------------------------------------------------ figures
     figs = {}
-    figs["gap_vs_cost"] = C.plot_loss_vs_cost(
+    figs["gap_vs_cost"] = F.plot_loss_vs_cost(
         out / "quadratic_gap_vs_cost.png",
         [{"label": r["label"], "method": r["method"], "history": r["history"]} for r in runs],
         fstar=f_star, title=f"quadratic ({conditioning}, cond f = {cond:.3g}): f − f* vs cost")
-    figs["eps_path"] = C.plot_eps_path(
+    figs["eps_path"] = F.plot_eps_path(
         out / "quadratic_eps_path.png",
         [{"label": r["label"], "method": r["method"], "history": r["history"], "eps0": r["options"]["eps0"]}
          for r in runs if r["method"] == "maid"],
         title="MAID accuracy ε_k (quadratic)")
-    plt = C._plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=90)
-    for r in runs:
-        ax.plot(np.arange(len(r["dist_path"])) + 1, r["dist_path"], C._STYLES[r["method"]], lw=1.0, label=r["label"])
-    ax.plot(np.arange(len(gd_dist)) + 1, gd_dist, "k-.", lw=1.0, label="exact GD, step 1/L_f")
-    ax.axhline(1e-4, color="grey", lw=0.6)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("outer iteration + 1")
-    ax.set_ylabel("‖θ − θ*‖")
-    ax.set_title(f"quadratic ({conditioning}): distance to the closed-form optimum", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "quadratic_distance.png")
-    plt.close(fig)
-    figs["distance"] = out / "quadratic_distance.png"
+    dist_series = [(np.arange(len(r["dist_path"])) + 1, r["dist_path"], r["label"], F.STYLES[r["method"]])
+                   for r in runs] + [(np.arange(len(gd_dist)) + 1, gd_dist, "exact GD, step 1/L_f", "k-.")]
+    figs["distance"] = F.plot_series(out / "quadratic_distance.png", dist_series, logy=True, hlines=(1e-4,),
+                                     xlabel="outer iteration + 1", ylabel="‖θ − θ*‖",
+                                     title=f"quadratic ({conditioning}): distance to the closed-form optimum")
 
     metrics = {
         "experiment": "quadratic", "conditioning": conditioning, "quick": quick, "seed": args.seed,
         "scale": {"m": int(problem.A.shape[0]), "n": int(problem.A.shape[1]), "p": int(problem.n_params),
                   "max_iter": max_iter},
         "f0": f0, "f_star": f_star, "theta_star": theta_star, "cond_f": cond, "L_f": L_f,
-        "machine": C.machine_info(args.backend), "runs": runs, "exact_gd": gd,
+        "machine": E.machine_info(args.backend), "runs": runs, "exact_gd": gd,
         "figures": {k: os.path.basename(str(v)) for k, v in figs.items()},
     }
-    C.write_json(out / "metrics.json", metrics)
+    E.write_metrics(out / "metrics.json", metrics)
 
     print(f"quadratic ({conditioning}): cond(f) = {cond:.4g}, f* = {f_star:.10g}, f(θ0) = {f0:.6g}")
     print(f"{'run':<24}{'status':<19}{'nit':>6}{'cost':>9}{'f - f*':>12}{'|θ-θ*|':>11}{'it@1e-4':>8}"
           f"{'ε final':>10}{'ε mono':>7}{'cert':>6}{'time s':>8}")
     for r in runs:
         cd = r["certified_decrease"]
-        print(f"{r['label']:<24}{r['status']:<19}{r['nit']:>6}{r['cost']:>9}{C.fmt(r['gap_exact'], '.3e'):>12}"
-              f"{C.fmt(r['dist'], '.2e'):>11}{C.fmt(r['iter_dist_1e-4']):>8}{C.fmt(r['eps_final'], '.2e'):>10}"
+        print(f"{r['label']:<24}{r['status']:<19}{r['nit']:>6}{r['cost']:>9}{E.fmt(r['gap_exact'], '.3e'):>12}"
+              f"{E.fmt(r['dist'], '.2e'):>11}{E.fmt(r['iter_dist_1e-4']):>8}{E.fmt(r['eps_final'], '.2e'):>10}"
               f"{str(r['eps_monotone'])[0]:>7}{cd['violations']:>6}{r['wall_time']:>8.2f}")
     print(f"{'exact GD (1/L_f)':<24}{'':<19}{max_iter:>6}{'':>9}{gd['gap']:>12.3e}{gd['dist']:>11.2e}")
     for r in runs:
         bc = r.get("bound_check")
         if r["method"] == "maid" and bc and bc["n"]:
             print(f"{r['label']}: ||z - grad f|| <= omega (+ rounding) at {bc['n'] - bc['n_violated']}/{bc['n']} "
-                  f"checked iterates; median omega/error {C.fmt(bc['median_bound_over_error'], '.3g')}")
+                  f"checked iterates; median omega/error {E.fmt(bc['median_bound_over_error'], '.3g')}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
 

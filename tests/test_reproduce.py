@@ -11,41 +11,33 @@ folder is absent.
 import importlib.util
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from varlearn._io import load_json
+from varlearn.datasets import shared_data_dir
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-
-def _shared_data():
-    cands = [os.environ.get("VARLEARN_SHARED_DATA"), "/work/shared/data",
-             Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for c in cands:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-DATA = _shared_data()
-KODAK_OK = DATA is not None and all((DATA / "kodak" / f"kodim{i:02d}.png").is_file() for i in range(1, 25))
-MNIST_OK = DATA is not None and all(
-    (DATA / "mnist" / f"{n}-ubyte.gz").is_file()
+KODAK = shared_data_dir("kodak")
+MNIST = shared_data_dir("mnist")
+DATA = (KODAK or MNIST).parent if (KODAK or MNIST) else None
+KODAK_OK = KODAK is not None and all((KODAK / f"kodim{i:02d}.png").is_file() for i in range(1, 25))
+MNIST_OK = MNIST is not None and all(
+    (MNIST / f"{n}-ubyte.gz").is_file()
     for n in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"))
 needs_kodak = pytest.mark.skipif(
-    not KODAK_OK, reason="Kodak images not found: set VARLEARN_SHARED_DATA to a folder with kodak/kodim01..24.png "
-                         "(looked in $VARLEARN_SHARED_DATA, /work/shared/data, ../shared/data)")
+    not KODAK_OK, reason="Kodak images not found by varlearn.datasets.shared_data_dir: set VARLEARN_SHARED_DATA "
+                         "to a folder with kodak/kodim01..24.png")
 needs_mnist = pytest.mark.skipif(
-    not MNIST_OK, reason="MNIST IDX files not found: set VARLEARN_SHARED_DATA to a folder with mnist/*-ubyte.gz "
-                         "(looked in $VARLEARN_SHARED_DATA, /work/shared/data, ../shared/data)")
+    not MNIST_OK, reason="MNIST IDX files not found by varlearn.datasets.shared_data_dir: set VARLEARN_SHARED_DATA "
+                         "to a folder with mnist/*-ubyte.gz")
 
 
 def _load(name):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
+    """Import ``scripts/<name>.py`` as a module (the scripts import only the package, never each other)."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -55,7 +47,8 @@ def _load(name):
 def _metrics(out):
     path = out / "metrics.json"
     assert path.is_file()
-    return json.loads(path.read_text())
+    json.loads(path.read_text(), parse_constant=lambda tok: pytest.fail(f"invalid JSON token {tok}"))
+    return load_json(path)
 
 
 def _figures_exist(out, metrics):
@@ -107,6 +100,7 @@ def test_quadratic_quick(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- TV
 @needs_kodak
+@pytest.mark.slow
 def test_tv_quick(tmp_path):
     mod = _load("reproduce_tv")
     assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
@@ -132,6 +126,7 @@ def test_tv_quick(tmp_path):
 
 
 @needs_kodak
+@pytest.mark.slow
 def test_tv_heldout_quick(tmp_path):
     mod = _load("reproduce_tv")
     assert mod.main(["--quick", "--heldout", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
@@ -147,14 +142,77 @@ def test_tv_heldout_quick(tmp_path):
     assert h["chambolle"]["weight"] > 0
 
 
-def test_tv_rejects_bad_run_token():
+@pytest.mark.parametrize("token", ["maid:abc", "maid:1:2:3", "fixed:-1", "adam", "hoag-cubic"])
+def test_tv_rejects_bad_run_token(token, capsys, tmp_path):
     mod = _load("reproduce_tv")
-    with pytest.raises(SystemExit):
-        mod.main(["--quick", "--runs", "maid:abc", "--out", "/nonexistent"])
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--quick", "--runs", token, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and token in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@needs_kodak
+def test_tv_smoke(tmp_path):
+    """Default-run version of test_tv_quick: 2 images 16x16, one MAID run from a too large ε0, no grid."""
+    mod = _load("reproduce_tv")
+    assert mod.main(["--quick", "--no-grid", "--n-images", "2", "--size", "16", "--runs", "maid:1e1:1e2",
+                     "--budget", "1500", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
+    m = _metrics(tmp_path)
+    _figures_exist(tmp_path, m)
+    (r,) = m["runs"]
+    assert r["token"] == "maid:1e1:1e2" and r["eps0"] == 10.0 and r["delta0"] == 100.0
+    _check_certified(r)
+    assert r["eps_min"] < r["eps_first"] <= 10.0          # the large ε0 was corrected downwards
+    assert r["fun"] < r["history"]["fun"][0] and r["f_tight"] < m["noisy"]["f"]
+    assert r["psnr_mean"] > m["noisy"]["psnr_mean"] + 2 and m["f_star"] is None
+
+
+@needs_kodak
+def test_foe_smoke(tmp_path, capsys):
+    """Default-run version of test_foe_quick: MAID with and without the certificate, HOAG cubic, no TV."""
+    mod = _load("reproduce_foe")
+    assert mod.main(["--quick", "--methods", "maid", "maid-nobound", "hoag-cubic:0.05", "--no-tv",
+                     "--budget", "400", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
+    assert "REDUCED SCALE" in capsys.readouterr().out
+    m = _metrics(tmp_path)
+    _figures_exist(tmp_path, m)
+    maid, nob, hoag = m["runs"]
+    assert [r["key"] for r in m["runs"]] == ["maid", "maid-nobound", "hoag-cubic"]
+    assert nob["options"]["bound"] is False and maid["options"]["bound"] is True
+    assert hoag["options"]["decay"] == "cubic" and hoag["options"]["eps0"] == 0.05
+    _check_certified(maid)
+    for r in (maid, nob):
+        assert r["fun"] < r["history"]["fun"][0]
+        assert r["heldout_eval"]["psnr_mean"] > m["noisy"]["heldout"]["psnr_mean"]
+        assert r["heldout_eval"]["clipped"] is True and 0 < r["heldout_eval"]["ssim_mean"] <= 1
+    with np.load(tmp_path / "thetas.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"theta0", "maid", "maid_nobound", "hoag_cubic"}
+        assert not np.array_equal(z["maid"], z["theta0"])
+
+
+# ---------------------------------------------------------------------- offline / missing data
+@pytest.mark.parametrize("script,extra", [("reproduce_tv", []), ("reproduce_tv", ["--heldout"]),
+                                          ("reproduce_foe", []), ("reproduce_mlr", []),
+                                          ("foe_gpu_compare", ["--backend", "numpy"])])
+def test_missing_data_is_one_line_and_leaves_nothing(script, extra, tmp_path, capsys, monkeypatch):
+    """Data not found (an empty --data-dir: nothing is downloaded): exit 2, one error line, no output folder."""
+    monkeypatch.delenv("VARLEARN_DATA", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    mod = _load(script)
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--quick", "--data-dir", str(empty), "--out", str(out)] + extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: cannot load the data" in err and str(empty) in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------- FoE
 @needs_kodak
+@pytest.mark.slow
 def test_foe_quick(tmp_path, capsys):
     mod = _load("reproduce_foe")
     assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
@@ -189,6 +247,7 @@ def test_foe_quick(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- MNIST
 @needs_mnist
+@pytest.mark.slow
 def test_mlr_quick(tmp_path):
     mod = _load("reproduce_mlr")
     assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
@@ -213,6 +272,7 @@ def test_mlr_quick(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_mlr_holdout_split_quick(tmp_path):
     mod = _load("reproduce_mlr")
     assert mod.main(["--quick", "--split", "holdout", "--methods", "maid-nobound", "hoag-cubic",
@@ -228,6 +288,8 @@ def test_mlr_holdout_split_quick(tmp_path):
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
 
 
+@pytest.mark.slow
+@needs_kodak
 def test_foe_quick_certificate_off(tmp_path):
     mod = _load("reproduce_foe")
     assert mod.main(["--quick", "--methods", "maid-nobound", "--no-tv", "--budget", "300",
@@ -244,30 +306,13 @@ def test_foe_quick_certificate_off(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [["--nobound-step0", "0"], ["--maid-step0", "-1"], ["--maid-rho", "1.5"],
-                                 ["--nobound-rho", "0"], ["--nobound-step0", "nan"]])
-def test_mlr_rejects_bad_step_options(bad):
+                                 ["--nobound-rho", "0"], ["--nobound-step0", "nan"], ["--methods", "hoag-linear"],
+                                 ["--methods", "maid:0"], ["--methods", "fixed"]])
+def test_mlr_rejects_bad_options(bad, capsys, tmp_path):
     mod = _load("reproduce_mlr")
     with pytest.raises(SystemExit) as exc:
-        mod.main(["--quick"] + bad)
-    assert bad[0] in str(exc.value) and bad[1] in str(exc.value)
-
-
-def test_guarded_minimize_records_a_failing_run(capsys):
-    common = _load("_common")
-    mod = _load("reproduce_quadratic")
-    problem, upper, theta0 = mod.well_conditioned_quadratic(m=60, n=4)
-
-    def explode(r):
-        if r.nit == 3:
-            raise OverflowError("math range error")
-
-    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, callback=explode)
-    assert err.startswith("OverflowError") and res["status"] == "error" and res["nit"] == 3
-    s = common.summarize_run(res, "boom", extra={"error": err})
-    assert s["status"] == "error" and len(s["history"]["cost"]) == 3 and s["cost"] > 0
-    res, err = common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, progress_every=0.0)
-    assert err is None and res["status"] == "maxiter"
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "... maid: iteration" in ln]
-    assert len(lines) == 10 and "cost" in lines[-1] and "iteration 10," in lines[-1]
-    common.guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 3}, progress_every=None)
-    assert "iteration" not in capsys.readouterr().out
+        mod.main(["--quick", "--out", str(tmp_path / "out")] + bad)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert bad[0] in err and bad[1] in err, err
+    assert not (tmp_path / "out").exists()
