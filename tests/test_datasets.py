@@ -697,12 +697,13 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch):
         ds.fashion_mnist(root=tmp_path / "missing-root")
 
 
-def test_fashion_mnist_download_structure_only(tmp_path, monkeypatch, serve):
+def test_fashion_mnist_download_structure_only(tmp_path, monkeypatch, serve, capfd):
     _set_checksums(monkeypatch, "fashion-mnist", None)
     served = tmp_path / "served"
     images, labels, _ = _write_fake_mnist(served, n=4, gz_images=True, gz_labels=True)
     url, requests = serve(served)
     x, y = ds.fashion_mnist(split="test", cache_dir=tmp_path / "cache", base_url=url)
+    assert capfd.readouterr().err == ""  # the library does not write to stderr (pooch's logger is kept quiet)
     np.testing.assert_allclose(x, images / 255.0)
     np.testing.assert_array_equal(y, labels)
     assert _files_under(tmp_path / "cache") == [

@@ -16,9 +16,9 @@ location is tried.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -153,7 +153,7 @@ class _CheckedHTTP:
     def __init__(self, verify):
         import pooch  # noqa: PLC0415
 
-        self._http = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=DOWNLOAD_TIMEOUT)
+        self._http = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT)  # the library never prints
         self._verify = verify
 
     def __call__(self, url, output_file, pooch_obj, check_only=False):
@@ -161,6 +161,18 @@ class _CheckedHTTP:
         if not check_only and self._verify is not None:
             self._verify(Path(output_file), url)
         return result
+
+
+@contextlib.contextmanager
+def _quiet_pooch(pooch):
+    """Keep pooch's own logger (which writes to stderr) to warnings; varlearn logs the download itself."""
+    pooch_logger = pooch.get_logger()
+    level = pooch_logger.level
+    pooch_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        pooch_logger.setLevel(level)
 
 
 def _why(exc) -> str:
@@ -200,7 +212,8 @@ def fetch(fname, cache: Path, urls, known_hash, verify, what):
         )
         logger.info("downloading %s from %s", fname, url)
         try:
-            path = Path(store.fetch(fname, downloader=_CheckedHTTP(verify)))
+            with _quiet_pooch(pooch):
+                path = Path(store.fetch(fname, downloader=_CheckedHTTP(verify)))
         except DataError as exc:
             logger.warning("rejected %s: %s", url, exc)
             rejected.append(str(exc))
