@@ -643,3 +643,28 @@ def test_compile_notice_is_one_line_before_the_first_compile(capsys):
     with compile_notice(enabled=False):  # --quiet
         _accel._notify("start", None)
     assert stderr_lines(capsys) == []
+
+
+def test_twelve_bit_images_need_bit_depth(tmp_path, capsys):
+    """12-bit data in 16-bit files would be scaled by 65535 into a nearly black image: refused, --bit-depth named."""
+    rng = np.random.default_rng(2)
+    clean_dir, noisy_dir = tmp_path / "clean", tmp_path / "noisy"
+    clean_dir.mkdir()
+    noisy_dir.mkdir()
+    for i in range(2):
+        img = piecewise_constant(16, rng)
+        noisy = np.clip(img + 0.1 * rng.standard_normal(img.shape), 0, 1)
+        iio.imwrite(clean_dir / f"im{i}.png", np.rint(img * 4095).astype(np.uint16))
+        iio.imwrite(noisy_dir / f"im{i}.png", np.rint(noisy * 4095).astype(np.uint16))
+    argv = learn_argv((clean_dir, noisy_dir), tmp_path / "r", "--max-iter", "1", "--quiet")
+    line = _expect_usage_error(capsys, argv, "im0.png", "--bit-depth 12")
+    assert "bit_depth" not in line.replace("--bit-depth", "")
+    assert main([*argv, "--bit-depth", "12"]) == 0
+    params = json.loads((tmp_path / "r" / "params.json").read_text())
+    assert params["data"]["bit_depth"] == 12 and params["psnr"]["noisy_mean"] < 25  # the noise is all there
+    capsys.readouterr()
+    out = tmp_path / "den"
+    _expect_usage_error(capsys, ["denoise", "--params", tmp_path / "r", noisy_dir, "--out", out], "--bit-depth 12")
+    assert main(["denoise", "--params", str(tmp_path / "r"), str(noisy_dir), "--out", str(out), "--bit-depth", "12",
+                 "--quiet", "--threads", "1"]) == 0
+    assert iio.imread(out / "im0.png").dtype == np.uint16

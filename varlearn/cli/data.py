@@ -43,6 +43,9 @@ def add_arguments(lp):
                         "Kodak data, native size for folders; refused with --noisy (resizing removes noise: "
                         "use --crop)")
     g.add_argument("--crop", type=size_type("--crop"), metavar="N|HxW", help="center-crop every image first")
+    g.add_argument("--bit-depth", type=int, metavar="B",
+                   help="integer images in --clean/--noisy hold B-bit values (e.g. 12 for 12-bit camera data in 16-bit "
+                        "files): divide by 2^B-1 instead of the container's maximum")
     g.add_argument("--seed", type=int, metavar="N",
                    help=f"seed of the synthetic noise, the FoE filters and the bound estimator "
                         f"(default {DEFAULT_SEED})")
@@ -102,10 +105,14 @@ def data_config(args) -> dict:
             raise CliError("--clean DIR needs --noisy DIR (image pairs) or --sigma S (synthetic noise)")
         cfg = {"source": "pairs" if args.noisy is not None else "sigma", "size": args.size}
         refuse_noisy_resize(cfg)
+        if args.bit_depth is not None and not 1 <= args.bit_depth <= 64:
+            raise CliError(f"--bit-depth must be an integer from 1 to 64, got {args.bit_depth}")
         cfg.update({"clean_dir": str(_check_dir(args.clean, "--clean")),
                     "noisy_dir": str(_check_dir(args.noisy, "--noisy")) if args.noisy is not None else None,
-                    "sigma": args.sigma, "crop": args.crop, "seed": seed})
+                    "sigma": args.sigma, "crop": args.crop, "seed": seed, "bit_depth": args.bit_depth})
         return cfg
+    if args.bit_depth is not None:
+        raise CliError("--bit-depth applies to image folders (--clean DIR) only")
     dataset = args.dataset or "builtin"
     sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
     size = [DEFAULT_DATASET_SIZE] * 2 if args.size is None else args.size
@@ -132,10 +139,11 @@ def load_data(cfg):
     crop = tuple(cfg["crop"]) if cfg.get("crop") else None
     src = cfg["source"]
     if src == "pairs":
-        clean, noisy, names = datasets.load_pairs(cfg["clean_dir"], cfg["noisy_dir"], crop=crop)
+        clean, noisy, names = datasets.load_pairs(cfg["clean_dir"], cfg["noisy_dir"], crop=crop,
+                                                  bit_depth=cfg.get("bit_depth"))
         return clean, noisy, list(names)
     if src == "sigma":
-        clean, names = datasets.load_images(cfg["clean_dir"], size=size, crop=crop)
+        clean, names = datasets.load_images(cfg["clean_dir"], size=size, crop=crop, bit_depth=cfg.get("bit_depth"))
     elif src == "builtin":
         names = list(cfg["images"])
         try:
@@ -161,6 +169,11 @@ def _crop_resize(stack, crop, size):
     except ValueError as exc:
         raise CliError(f"--crop: {exc}") from exc
     return datasets.resize(np.ascontiguousarray(out), size) if size else np.ascontiguousarray(out)
+
+
+def cli_words(message) -> str:
+    """A library message about data with the library's argument names replaced by the command-line flags."""
+    return str(message).replace("pass size= or crop=", "pass --size or --crop").replace("bit_depth=", "--bit-depth ")
 
 
 def describe_data(cfg, clean, names):

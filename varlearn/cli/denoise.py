@@ -11,6 +11,7 @@ from .._io import atomic_write_bytes
 from ..backend import to_device, to_numpy
 from ..problems import DenoisingProblem
 from .common import add_threads_argument, check_backend, thread_limit
+from .data import cli_words
 from .errors import EXIT_OK, CliError, Interrupted, warn
 from .final import DEFAULT_PIXEL_TOL, FINAL_MAXITER, final_solve
 from .progress import Progress, compile_notice
@@ -31,6 +32,8 @@ def add_arguments(dp):
                          f"(default {DEFAULT_PIXEL_TOL:g})")
     dp.add_argument("--max-iter", type=int, default=FINAL_MAXITER, metavar="N",
                     help=f"lower-level iterations per image (default {FINAL_MAXITER})")
+    dp.add_argument("--bit-depth", type=int, metavar="B",
+                    help="integer inputs hold B-bit values (e.g. 12 in 16-bit files): divide by 2^B-1")
     dp.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend (default numpy)")
     add_threads_argument(dp)
     dp.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -116,7 +119,7 @@ def _prepare(args):
     need = io.min_image_size(loaded.model, loaded.model_config)
     images = []
     for f in files:
-        img = datasets.load_image(f, as_gray=True)
+        img = datasets.load_image(f, as_gray=True, bit_depth=args.bit_depth)
         if min(img.shape[-2:]) < need:
             raise CliError(f"{f}: images of {img.shape[0]}x{img.shape[1]} are too small for this model "
                            f"(need at least {need}x{need})")
@@ -129,7 +132,7 @@ def run(args):
     try:
         loaded, files, targets, images, out_dir = _prepare(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(cli_words(exc)) from exc
     with thread_limit(args.threads, enabled=args.backend == "numpy"):
         n_warn = _denoise_files(args, loaded, files, targets, images)
     if not args.quiet:

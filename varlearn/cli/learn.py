@@ -168,7 +168,7 @@ def check_image_size(mc, shape, where):
 
 
 def _given_learn_options(args):
-    names = ("clean", "noisy", "sigma", "dataset", "images", "data_dir", "size", "crop", "seed", "model",
+    names = ("clean", "noisy", "sigma", "dataset", "images", "data_dir", "size", "crop", "bit_depth", "seed", "model",
              "isotropic", "filters", "filter_size", "method", "max_iter", "eps0", "delta0", "step0", "budget",
              "time_limit", "checkpoint_interval", "backend", "dtype", "out")
     return [n for n in names if getattr(args, n) is not None]
@@ -281,7 +281,7 @@ def run(args):
             raise Failure(str(exc)) from exc
         except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             # DataError, CheckpointError and io.ParamsError are ValueErrors too
-            raise CliError(str(exc).replace("pass size= or crop=", "pass --size or --crop")) from exc
+            raise CliError(data.cli_words(exc)) from exc
         with thread_limit(args.threads, enabled=s["backend"] == "numpy") as threads:
             res = _optimise(args, s)
             try:
