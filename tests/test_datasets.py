@@ -570,6 +570,22 @@ def test_registry_is_read_by_the_loaders(tmp_path, monkeypatch):
     np.testing.assert_allclose(x, images / 255.0)
 
 
+def test_public_names_of_the_former_module_remain():
+    former = {
+        "DataError", "DownloadError", "BUILTIN_NAMES", "IMAGE_EXTENSIONS", "KODAK_BASE_URL", "KODAK_FILES",
+        "KODAK_SHA256", "MNIST_MIRRORS", "MNIST_SHA256", "FASHION_MNIST_MIRRORS", "FASHION_MNIST_SHA256",
+        "FASHION_MNIST_SYSTEM_DIRS", "DATA_ENV", "CACHE_ENV", "builtin_images", "load_image", "load_images",
+        "load_pairs", "add_noise", "center_crop", "resize", "read_idx", "get_cache_dir", "kodak", "mnist",
+        "fashion_mnist",
+    }
+    assert former <= set(ds.__all__)
+    assert all(hasattr(ds, name) for name in ds.__all__)
+    assert issubclass(DataError, ValueError) and issubclass(DownloadError, OSError)
+    assert ds.KODAK_BASE_URL == "http://r0k.us/graphics/kodak/kodak/"
+    assert ds.MNIST_MIRRORS == ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+    assert ds.FASHION_MNIST_SYSTEM_DIRS == ("/usr/share/datasets/fashion-mnist",)
+
+
 def test_registry_validation():
     good = json.loads(ds.REGISTRY_FILE.read_text())
     from varlearn.datasets._registry import validate
@@ -874,3 +890,19 @@ def test_mnist_local_root_train(shared_mnist):
     assert x.shape == (60000, 12, 12)
     np.testing.assert_allclose(x[:5], ds.resize(ds.read_idx(shared_mnist / "train-images-idx3-ubyte.gz")[:5] / 255, 12))
     assert np.bincount(y).min() > 5000  # every digit is well represented
+
+
+@pytest.mark.gpu
+def test_noise_and_crop_on_cupy():
+    from varlearn.backend import cupy_unusable_reason, cupy_usable, to_device
+
+    if not cupy_usable():
+        pytest.skip(f"CuPy backend not usable: {cupy_unusable_reason()}")
+    host = np.random.default_rng(12).random((2, 10, 12)).astype(np.float32)
+    dev = to_device(host, "cupy")
+    noisy = ds.add_noise(dev, 0.1, rng=5)
+    assert type(noisy).__module__.startswith("cupy") and noisy.dtype == np.float32
+    np.testing.assert_array_equal(noisy.get(), ds.add_noise(host, 0.1, rng=5))  # same draws on both backends
+    np.testing.assert_array_equal(ds.center_crop(dev, (4, 6)).get(), host[:, 3:7, 3:9])
+    with pytest.raises(TypeError, match="resize works on NumPy arrays"):
+        ds.resize(dev, 4)
