@@ -168,12 +168,25 @@ def test_learn_foe_with_sigma_draws_filters(tmp_path):
     assert len(params["theta"]) == 1 + 2 * 2 + 2 * 9 and len(params["params"]["filters"]) == 2
     assert params["data"]["source"] == "sigma" and params["data"]["sigma"] == 0.1
     assert (run / "figures" / "filters.png").read_bytes().startswith(PNG_MAGIC)
+    # θ0 holds the filters drawn from --seed (default 0); the natural units are θ's, the filters included
+    from varlearn import FieldOfExperts
+
+    theta0 = FieldOfExperts(n_filters=2, size=3, rng=0).init_params()
+    assert params["theta0"] == theta0.tolist() and params["theta"] != params["theta0"]
+    np.testing.assert_array_equal(np.array(params["params"]["filters"]).ravel(), params["theta"][5:])
 
 
-def test_info_mentions_numpy(capsys):
+def test_info_reports_versions_threads_and_gpu(capsys):
+    import varlearn
+    from varlearn import _accel
+
     assert main(["info"]) == 0
-    out = capsys.readouterr().out
-    assert "numpy" in out and "varlearn" in out and "GPU" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"varlearn {varlearn.__version__}" and f"numpy {np.__version__}" in lines
+    threads = [line for line in lines if line.startswith("threads: ")]
+    assert len(threads) == 1 and f"-> {_accel.get_threads()} kernel thread(s)" in threads[0]
+    gpu = [line for line in lines if line.startswith("GPU: ")]
+    assert gpu == ["GPU: usable (--backend cupy)"] if cupy_usable() else gpu[0].startswith("GPU: not usable: ")
 
 
 # --------------------------------------------------------------------------- interruption

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .bilevel.checkpoint import atomic_write_bytes
+from ._io import atomic_write_bytes
 from .metrics import psnr
 
 __all__ = [

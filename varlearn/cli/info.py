@@ -29,6 +29,9 @@ def run(args):  # noqa: ARG001
         lines.append(f"numba {v['numba']} (CPU kernels {state})")
     else:
         lines.append("numba not installed (CPU kernels off: pip install 'varlearn[fast]')")
+    t = _accel.thread_info()
+    lines.append(f"threads: setting {t['setting']} -> {t['threads']} kernel thread(s), BLAS {t['blas']} "
+                 f"({t['cores']} usable core(s), other processes use {t['others_load']:g}; --threads N|auto)")
     usable = cupy_usable()
     try:
         import cupy
