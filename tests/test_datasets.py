@@ -24,7 +24,7 @@ import skimage.io
 import tifffile
 
 from varlearn import datasets as ds
-from varlearn.datasets import DataError, DownloadError, _download
+from varlearn.datasets import DataError, DownloadError
 from varlearn.datasets.transforms import resize_hw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setitem(ds.registry()["datasets"]["fashion-mnist"], "system_dirs", [])
-    monkeypatch.setattr(_download, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.setattr(ds, "DOWNLOAD_RETRIES", 0)
 
 
 def _need_shared(sub):
@@ -737,7 +737,7 @@ def test_fashion_mnist_download_structure_only(tmp_path, monkeypatch, serve, cap
 
 def test_download_is_retried(tmp_path, monkeypatch, serve):
     """pooch retries a failed attempt (here an HTTP 503) before giving up on a location."""
-    monkeypatch.setattr(_download, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(ds, "DOWNLOAD_RETRIES", 1)
     waits = []
     monkeypatch.setattr("pooch.core.time.sleep", waits.append)
     images, labels, sums = _write_fake_mnist(tmp_path / "served", n=2, gz_images=True)
@@ -749,7 +749,7 @@ def test_download_is_retried(tmp_path, monkeypatch, serve):
     assert requests == ["/t10k-images-idx3-ubyte.gz"] * 2 + ["/t10k-labels-idx1-ubyte.gz"]
     assert waits == [1]  # pooch waited once before its second attempt
     # with no retries left, the same failure ends the download
-    monkeypatch.setattr(_download, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.setattr(ds, "DOWNLOAD_RETRIES", 0)
     url2, _ = serve(tmp_path / "served", fail_first=1)
     with pytest.raises(DownloadError, match=r"t10k-images-idx3-ubyte\.gz.*503"):
         ds.mnist(split="test", cache_dir=tmp_path / "cache2", base_url=url2)

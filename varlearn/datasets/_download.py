@@ -11,7 +11,7 @@ sets; varlearn's check of the decompressed bytes, run on the temporary file
 inside pooch's download step, for ``"decompressed"`` ones), and only then
 moved into place; a failed or rejected download leaves no file behind.  A
 failed attempt (connection error, HTTP error, checksum mismatch) is retried
-:data:`DOWNLOAD_RETRIES` times by pooch (waiting 1 s, 2 s, ...), then the next
+:data:`varlearn.datasets.DOWNLOAD_RETRIES` times by pooch (waiting 1 s, 2 s, ...), then the next
 location is tried.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -32,10 +33,17 @@ DATA_ENV = "VARLEARN_DATA"
 CACHE_ENV = "VARLEARN_CACHE"
 #: Environment variable naming a local copy of all data sets (tests, scripts); see :func:`shared_data_dir`.
 SHARED_DATA_ENV = "VARLEARN_SHARED_DATA"
+# The two download settings are read at call time from the package, so that
+# ``varlearn.datasets.DOWNLOAD_RETRIES = 0`` takes effect.
 #: Seconds a download may stall before it is abandoned.
 DOWNLOAD_TIMEOUT = 30.0
 #: Extra attempts pooch makes per location after a failed or rejected download.
 DOWNLOAD_RETRIES = 2
+
+
+def _setting(name):
+    package = sys.modules.get(__package__)
+    return getattr(package, name) if package is not None and hasattr(package, name) else globals()[name]
 
 OFFLINE_HINT = (
     "Without network access, fetch the files by hand and point varlearn at them: pass "
@@ -153,7 +161,8 @@ class _CheckedHTTP:
     def __init__(self, verify):
         import pooch  # noqa: PLC0415
 
-        self._http = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT)  # the library never prints
+        # no progress bar: the library never prints
+        self._http = pooch.HTTPDownloader(progressbar=False, timeout=_setting("DOWNLOAD_TIMEOUT"))
         self._verify = verify
 
     def __call__(self, url, output_file, pooch_obj, check_only=False):
@@ -208,7 +217,7 @@ def fetch(fname, cache: Path, urls, known_hash, verify, what):
     for url in urls:
         store = pooch.create(
             path=cache, base_url="", registry={fname: known_hash}, urls={fname: url},
-            retry_if_failed=DOWNLOAD_RETRIES,
+            retry_if_failed=int(_setting("DOWNLOAD_RETRIES")),
         )
         logger.info("downloading %s from %s", fname, url)
         try:
