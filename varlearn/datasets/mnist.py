@@ -143,11 +143,6 @@ def fashion_mnist(root=None, split="train", size=None, indices=None, cache_dir=N
     in the gzip header).  A file without a registry entry would be checked for
     IDX structure only.
 
-    Returns
-    -------
-    images : numpy.ndarray, shape (N, 28, 28) or (N, h, w)
-        float64 in [0, 1].
-    labels : numpy.ndarray, shape (N,)
-        int64 in 0..9.
+    Parameters, return values and errors are those of :func:`mnist`.
     """
     return _idx_dataset("fashion-mnist", "Fashion-MNIST", root, split, size, indices, cache_dir, download, base_url)
