@@ -98,6 +98,17 @@ def plot_loss(history, path, title="Upper-level loss"):
     return save_figure(fig, path)
 
 
+def _finish_axes(fig, ax, path, xlabel, ylabel, title):
+    """Labels, grid and legend of a one-axes figure; then lay it out and write it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_accuracy(history, path):
     """The accuracies ε (lower level) and δ (CG residual) per outer iteration."""
     it = _column(history, "iter")
@@ -106,13 +117,7 @@ def plot_accuracy(history, path):
     ax.plot(it, _positive(_column(history, "eps")), "o-", ms=3, label="ε (lower-level accuracy)")
     ax.plot(it, _positive(_column(history, "delta")), "s--", ms=3, label="δ (CG residual)")
     ax.set_yscale("log")
-    ax.set_xlabel("outer iteration")
-    ax.set_ylabel("tolerance")
-    ax.set_title("Accuracy path")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish_axes(fig, ax, path, "outer iteration", "tolerance", "Accuracy path")
 
 
 def plot_steps(history, path):
@@ -129,13 +134,7 @@ def plot_steps(history, path):
                 np.isfinite(step).any() else 1.0), "rx", ms=8, label="no step accepted")
     if np.isfinite(step).any():
         ax.set_yscale("log")
-    ax.set_xlabel("outer iteration")
-    ax.set_ylabel("step size α")
-    ax.set_title("Step sizes")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish_axes(fig, ax, path, "outer iteration", "step size α", "Step sizes")
 
 
 def plot_psnr(names, series, path):
