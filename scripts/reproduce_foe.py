@@ -38,7 +38,6 @@ Writes ``metrics.json``, ``thetas.npz`` (final θ of every method) and
 """
 from __future__ import annotations
 
-import io
 import os
 import sys
 
@@ -46,7 +45,7 @@ import numpy as np
 
 import varlearn as vl
 from varlearn import experiments as E
-from varlearn._io import atomic_write_bytes
+from varlearn._io import savez_atomic
 from varlearn.backend import to_device, to_numpy
 from varlearn.bilevel import analysis as A
 from varlearn.bilevel import figures as F
@@ -59,15 +58,6 @@ N_KODAK = 24
 FIRST_TRAIN = 4  # paper: indices 5..24 of a 25-file list -> 4..23 of the 24 standard images
 METHODS = ("maid", "hoag-geometric", "hoag-quadratic", "hoag-cubic", "fixed", "maid-nobound")
 DESCENT = {"step0": 0.01, "rho": 0.5}
-
-
-def _indices(text):
-    """``"0-3,7"`` -> [0, 1, 2, 3, 7]."""
-    out = []
-    for part in filter(None, (s.strip() for s in text.split(","))):
-        a, _, b = part.partition("-")
-        out.extend(range(int(a), int(b or a) + 1))
-    return out
 
 
 def method_options(spec, args, budget, max_iter):
@@ -110,7 +100,7 @@ def main(argv=None):
     p.add_argument("--n-images", type=int, default=None,
                    help="training images, Kodak indices 4, 5, ... (paper 20 = indices 4..23; quick 2)")
     p.add_argument("--size", type=int, default=None, help="image side after resizing (paper 256; quick 32)")
-    p.add_argument("--heldout-indices", default=None,
+    p.add_argument("--heldout-indices", type=E.indices_arg, default=None,
                    help="held-out Kodak indices, e.g. '0-3' (default 0-3, the images the paper never uses; quick 0-1)")
     p.add_argument("--sigma", type=float, default=0.1, help="noise level")
     p.add_argument("--methods", nargs="+", type=E.method_arg, default=[A.parse_method(m) for m in METHODS[:5]],
@@ -130,10 +120,7 @@ def main(argv=None):
     train_idx = list(range(FIRST_TRAIN, FIRST_TRAIN + n_images))
     if train_idx[-1] >= N_KODAK:
         p.error(f"--n-images must be at most {N_KODAK - FIRST_TRAIN} (Kodak indices 4..23)")
-    try:
-        test_idx = _indices(args.heldout_indices or ("0-1" if args.quick else "0-3"))
-    except ValueError:
-        p.error(f"--heldout-indices: cannot parse {args.heldout_indices!r}; use e.g. 0-3 or 0,2")
+    test_idx = args.heldout_indices or ([0, 1] if args.quick else [0, 1, 2, 3])
     if set(test_idx) & set(train_idx) or any(not 0 <= i < N_KODAK for i in test_idx):
         p.error(f"--heldout-indices must be Kodak indices 0..23 outside the training ones {train_idx}")
     xp = E.array_module(args.backend)
@@ -200,9 +187,7 @@ def main(argv=None):
               f"{ev_te['psnr_mean']:.3f}; denoise_tv_chambolle weight {chambolle['weight']:.4g}: held-out "
               f"{chambolle['psnr_mean']:.3f}", flush=True)
 
-    buf = io.BytesIO()
-    np.savez(buf, theta0=theta0, **thetas)
-    atomic_write_bytes(out / "thetas.npz", buf.getvalue())
+    savez_atomic(out / "thetas.npz", {"theta0": theta0, **thetas})
     plot_runs = [{"label": r["label"], "method": r["method"], "history": r["history"], "eps0": r["options"]["eps0"]}
                  for r in runs]
     tv_curve = [] if tv is None else [{"label": "learned TV (MAID), same data", "method": "maid",

@@ -30,6 +30,7 @@ def _times(node):
             yield from _times(v)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_numpy(tmp_path, capsys):
     out = tmp_path / "bench.json"
     mod = _load()
@@ -64,3 +65,22 @@ def test_benchmark_rejects_unknown_backend():
     mod = _load()
     with pytest.raises(SystemExit):
         mod.main(["--backend", "tpu"])
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    """Default-run version: float64 only, no FoE, a small logistic problem."""
+    out = tmp_path / "bench.json"
+    mod = _load()
+    assert mod.main(["--quick", "--backend", "numpy", "--dtype", "float64", "--repeat", "1", "--fista-iters", "4",
+                     "--foe-backend", "none", "--logistic-rows", "300", "--json", str(out)]) == 0
+    assert "Exponent" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    tv = [r for r in data["results"] if r["model"].startswith("tv")]
+    assert len(tv) == 4 and {r["dtype"] for r in tv} == {"float64"}
+    assert not [r for r in data["results"] if r["model"] == "foe"]
+    for r in tv:
+        assert 4 <= r["fista_iterations"] <= 5 and r["ratios_to_copy"]["fista_iter"] > 0
+        assert r["times"]["grad"]["best"] <= r["times"]["grad"]["median"]
+    (lg,) = [r for r in data["results"] if r["model"] == "logistic"]
+    assert lg["settings"] == {"n": 300, "d": 144, "c": 10} and lg["grad_rel_diff_to_ref"] < 1e-12
+    assert len(data["exponents"]) == 2 and all(math.isfinite(f["grad"]) for f in data["exponents"])

@@ -71,6 +71,7 @@ def _by_label(metrics, prefix):
 
 
 # ---------------------------------------------------------------------- quadratic
+@pytest.mark.slow
 def test_quadratic_quick(tmp_path, capsys):
     mod = _load("reproduce_quadratic")
     assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -96,6 +97,21 @@ def test_quadratic_quick(tmp_path, capsys):
     assert fixed_large["gap_exact"] > 1e-3                   # a fixed large accuracy stalls above the optimum
     for r in fixed:
         _check_certified(r)
+
+
+def test_quadratic_smoke(tmp_path):
+    """Default-run version of test_quadratic_quick: one accuracy, 120 outer iterations."""
+    mod = _load("reproduce_quadratic")
+    assert mod.main(["--quick", "--eps", "0.1", "--max-iter", "120", "--out", str(tmp_path)]) == 0
+    m = _metrics(tmp_path)
+    _figures_exist(tmp_path, m)
+    maid, fixed = m["runs"]
+    assert maid["label"] == "MAID ε0=δ0=0.1" and fixed["label"] == "fixed ε=δ=0.1"
+    assert maid["dist"] <= 1e-4 and maid["iter_dist_1e-4"] <= 120     # the closed-form optimum is reached
+    assert maid["eps_monotone"] is False and maid["bound_check"]["n_violated"] == 0
+    _check_certified(maid)
+    _check_certified(fixed)
+    assert fixed["gap_exact"] > 1e-3 and maid["fun"] <= fixed["fun"]
 
 
 # ---------------------------------------------------------------------- TV
@@ -172,7 +188,8 @@ def test_foe_smoke(tmp_path, capsys):
     """Default-run version of test_foe_quick: MAID with and without the certificate, HOAG cubic, no TV."""
     mod = _load("reproduce_foe")
     assert mod.main(["--quick", "--methods", "maid", "maid-nobound", "hoag-cubic:0.05", "--no-tv",
-                     "--budget", "400", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
+                     "--n-images", "1", "--heldout-indices", "0", "--size", "24", "--budget", "300",
+                     "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
     assert "REDUCED SCALE" in capsys.readouterr().out
     m = _metrics(tmp_path)
     _figures_exist(tmp_path, m)

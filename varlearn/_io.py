@@ -44,7 +44,7 @@ import numpy as np
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "to_json_value", "from_json_value",
-    "dumps_json", "loads_json", "dump_json", "load_json", "NONFINITE_STRINGS",
+    "dumps_json", "loads_json", "dump_json", "load_json", "NONFINITE_STRINGS", "savez_atomic",
 ]
 
 #: how non-finite floats are spelled in varlearn's JSON files
@@ -100,6 +100,15 @@ def atomic_write_bytes(path, data: bytes):
 def atomic_write_text(path, text: str):
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def savez_atomic(path, arrays: dict):
+    """``numpy.savez`` of ``arrays`` (name -> array, uncompressed, no pickles) written atomically to ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------- JSON

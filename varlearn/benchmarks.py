@@ -90,13 +90,11 @@ def _time(xp, fun, repeat):
     return {"best": best, "median": med, "wall": med}
 
 
-@contextlib.contextmanager
 def _accelerated(flag):
-    old = _accel.set_accelerated(flag)
-    try:
-        yield
-    finally:
-        _accel.set_accelerated(old)
+    """Context manager: accelerated kernels on or off inside, the previous setting restored on exit."""
+    stack = contextlib.ExitStack()
+    stack.callback(_accel.set_accelerated, _accel.set_accelerated(flag))
+    return stack
 
 
 def _fista_iteration(problem, theta, n_iter):
@@ -290,6 +288,8 @@ def benchmark_meta(backends):
 
         meta["numba"] = numba.__version__
         meta["numba_threads"] = numba.get_num_threads()
+        if hasattr(_accel, "thread_info"):
+            meta["threads"] = _accel.thread_info()
     except ImportError:
         meta["numba"] = None
     if "cupy" in backends:

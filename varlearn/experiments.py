@@ -11,7 +11,7 @@ The scripts are thin command-line front ends; what they share lives here:
   script with one line (exit 2) *before* any output folder is created;
 * :func:`array_module`, :func:`prepare_out`, :func:`machine_info`,
   :func:`write_metrics`, :func:`method_arg` (argparse type of the method
-  grammar :func:`varlearn.bilevel.analysis.parse_method`),
+  grammar :func:`varlearn.bilevel.analysis.parse_method`), :func:`indices_arg`,
   :func:`thread_limit`, :class:`Timer`, :func:`fmt`.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from .backend import cupy_unusable_reason, cupy_usable
 from .bilevel.analysis import parse_method
 
 __all__ = ["make_parser", "usage_error", "load_data", "array_module", "prepare_out", "machine_info",
-           "write_metrics", "method_arg", "thread_limit", "Timer", "fmt", "positive_float", "open_unit_float"]
+           "write_metrics", "method_arg", "indices_arg", "thread_limit", "Timer", "fmt", "positive_float",
+           "open_unit_float"]
 
 
 def make_parser(description, *, seed, out, max_iter=None, budget=None):
@@ -104,6 +105,20 @@ def method_arg(token):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def indices_arg(text):
+    """argparse ``type=`` of an index list: ``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges include both ends)."""
+    out = []
+    try:
+        for part in filter(None, (t.strip() for t in text.split(","))):
+            a, _, b = part.partition("-")
+            out.extend(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot parse {text!r}; use e.g. 0-3 or 0,2,5") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"no index in {text!r}")
+    return out
+
+
 def _checked_float(ok, what):
     def conv(text):
         try:
@@ -147,20 +162,15 @@ def machine_info(backend):
 
 
 def thread_limit(n):
-    """Context manager: at most ``n`` numba and BLAS threads inside (``None``: unchanged).
+    """Context manager: at most ``n`` kernel and BLAS threads inside (``None``: unchanged).
 
-    Uses the package's thread policy (``varlearn._accel.threads``) when it is
-    available, else :func:`threadpoolctl.threadpool_limits` on BLAS.
+    The package's one thread policy, :func:`varlearn._accel.threads`.
     """
     if n is None:
         return contextlib.nullcontext()
     from . import _accel
 
-    if hasattr(_accel, "threads"):
-        return _accel.threads(n)
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=int(n), user_api="blas")
+    return _accel.threads(n)
 
 
 class Timer:

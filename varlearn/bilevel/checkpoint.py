@@ -37,14 +37,13 @@ raises :class:`CheckpointError` naming the file (and the field) otherwise.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_bytes, atomic_write_text, dumps_json, loads_json
+from .._io import atomic_write_bytes, atomic_write_text, dumps_json, loads_json, savez_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "validate_bilevel_meta", "CheckpointError",
            "atomic_write_bytes", "atomic_write_text", "FORMAT_VERSION"]
@@ -190,9 +189,8 @@ def save_checkpoint(path, meta: dict, arrays: dict):
     meta["format_version"] = FORMAT_VERSION
     meta["sha256"] = _digest(arrays)
     text = dumps_json(meta, indent=None)
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.array(text), __meta_sha256__=np.array(_sha256(text.encode("utf-8"))), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    savez_atomic(path, {"__meta__": np.array(text), "__meta_sha256__": np.array(_sha256(text.encode("utf-8"))),
+                        **arrays})
 
 
 def load_checkpoint(path):
