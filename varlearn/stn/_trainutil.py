@@ -225,6 +225,18 @@ class Samples:
                 out[b] = p.T if tr else p
         return out
 
+    def fixed_crops(self, rng, n, size):
+        """``n`` items cycling over the data: vectors, or one random ``size x size`` crop of each image in turn."""
+        if self.mode == "vector":
+            return self.stack[self.xp.asarray(np.arange(n) % self.n)]
+        crops = []
+        for i in range(n):
+            img = self.images[i % self.n]
+            a = int(rng.integers(0, img.shape[0] - size + 1))
+            b = int(rng.integers(0, img.shape[1] - size + 1))
+            crops.append(img[a:a + size, b:b + size])
+        return self.xp.stack(crops)
+
     def add_noise(self, rng, clean, sigma):
         """``clean + sigma_b * N(0, 1)``, drawn on the host in float64 (same on every backend)."""
         noise = rng.standard_normal(tuple(clean.shape))

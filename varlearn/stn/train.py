@@ -128,19 +128,7 @@ class STNTrainer:
 
     # ------------------------------------------------------------------ data
     def _make_eval_set(self, rng):
-        o = self.options
-        if self.val.mode == "vector":
-            idx = np.arange(o["n_eval"]) % self.val.n
-            clean = self.val.stack[self.xp.asarray(idx)]
-        else:
-            p = o["val_patch_size"]
-            crops = []
-            for i in range(o["n_eval"]):
-                img = self.val.images[i % self.val.n]
-                a = int(rng.integers(0, img.shape[0] - p + 1))
-                b = int(rng.integers(0, img.shape[1] - p + 1))
-                crops.append(img[a:a + p, b:b + p])
-            clean = self.xp.stack(crops)
+        clean = self.val.fixed_crops(rng, self.options["n_eval"], self.options["val_patch_size"])
         self.eval_clean = clean
         self.eval_noisy = self.val.add_noise(rng, clean, np.full(clean.shape[0], self.sigma))
         _, _, per = loss_and_grad(self.eval_noisy, clean, "mse", want_per_item=True)
@@ -164,14 +152,17 @@ class STNTrainer:
         return np.full(batch, float(self.options["fixed"][name]))
 
     # ------------------------------------------------------------------ steps
+    def _draw(self, batch, perturb):
+        """``(ũ, z)``: perturbed draws, or ``u`` itself with ``z = 0``."""
+        if perturb:
+            return self.hyper.perturb(batch, self.rng)
+        return self.hyper.unperturbed(batch), np.zeros((batch, self.hyper.n))
+
     def weight_step(self):
         """One training step: perturbed hyperparameters (if ``perturb``), fresh patches and noise."""
         o, hy, rng = self.options, self.hyper, self.rng
         B = o["batch_size"]
-        if o["perturb"]:
-            ut, _ = hy.perturb(B, rng)
-        else:
-            ut = hy.unperturbed(B)
+        ut, _ = self._draw(B, o["perturb"])
         vals = hy.constrained(ut)
         aug = None
         if "augment" in hy or o["fixed"]["augment"]:
@@ -204,10 +195,7 @@ class STNTrainer:
         """One hyper-step on validation crops at the target noise level (eval mode, entropy term ``tau``)."""
         o, hy, rng = self.options, self.hyper, self.rng
         B = o["val_batch_size"]
-        if o["tune_scales"]:
-            ut, z = hy.perturb(B, rng)
-        else:
-            ut, z = hy.unperturbed(B), np.zeros((B, hy.n))
+        ut, z = self._draw(B, o["tune_scales"])
         clean = self.val.sample(rng, B, o["val_patch_size"])
         noisy = self.val.add_noise(rng, clean, np.full(B, self.sigma))
         out, cache = self.model.forward(noisy, self._h(ut), dropout=None, rng=None)
