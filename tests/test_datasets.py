@@ -264,6 +264,18 @@ def test_12bit_data_in_16bit_container(tmp_path):
         ds.load_image(tmp_path / "zero.png", bit_depth=12.0)
 
 
+def test_12bit_data_in_signed_16bit_container(tmp_path):
+    data = np.array([[0, 4095], [17, 2000]], dtype=np.int16)
+    tifffile.imwrite(tmp_path / "ct.tif", data)
+    with pytest.raises(DataError, match=r"ct\.tif: int16 .*top 4 bits of its 16-bit container.*bit_depth=12.*"
+                       r"bit_depth=15 to keep"):
+        ds.load_image(tmp_path / "ct.tif")
+    np.testing.assert_allclose(ds.load_image(tmp_path / "ct.tif", bit_depth=12), data / 4095.0, atol=1e-15)
+    np.testing.assert_allclose(ds.load_image(tmp_path / "ct.tif", bit_depth=15), data / 32767.0, atol=1e-15)
+    tifffile.imwrite(tmp_path / "full.tif", np.array([[0, 30000]], dtype=np.int16))
+    np.testing.assert_allclose(ds.load_image(tmp_path / "full.tif"), [[0.0, 30000 / 32767]], atol=1e-15)
+
+
 def test_negative_signed_image_refused(tmp_path):
     tifffile.imwrite(tmp_path / "neg.tif", np.array([[-1, 5000], [3, 4]], dtype=np.int16))
     with pytest.raises(DataError, match=r"neg\.tif: signed integer image \(int16\) with negative values"):

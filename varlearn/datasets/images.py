@@ -6,17 +6,18 @@ How integer pixels are scaled
   dtype's maximum (255, 127), whatever ``bit_depth`` says.
 * Wider integer containers (``uint16``, ``int16``, ``int32``, ``uint32``,
   ``int64``, ``uint64``) are divided by ``2**bit_depth - 1``.  With
-  ``bit_depth=None`` (the default) that is the container's full range
-  (65535 for ``uint16``, ``2**31 - 1`` for ``int32``), **unless the data
-  leave the top four bits of the container unused**: when the largest value
-  is at most ``2**(b - 4) - 1`` for a container of ``b`` value bits (4095
-  for ``uint16``, ``2**27 - 1`` for ``int32``) the image would come out at
-  1/16 of full scale or darker, which is what 12-bit camera data in a 16-bit
-  file, or 8/16-bit data saved as ``int32`` TIFF, look like.  Such files are
-  refused with a :class:`DataError` that names the file, its dtype and value
-  range, and the ``bit_depth`` to pass (``bit_depth=12`` for 12-bit data; or
-  the container's depth, e.g. ``bit_depth=16``, if the image really is that
-  dark).  All-zero images are accepted as they are.
+  ``bit_depth=None`` (the default) that is the container's range, its
+  dtype's maximum (65535 for ``uint16``, 32767 for ``int16``, ``2**31 - 1``
+  for ``int32``), **unless the data leave the top four bits of a ``w``-bit
+  container unused**: when the largest value is at most ``2**(w - 4) - 1``
+  (4095 for ``uint16`` and ``int16``, ``2**28 - 1`` for ``int32``) the file
+  almost certainly holds fewer bits than its container -- 12-bit camera
+  data in a 16-bit file, 8- or 16-bit data saved as an ``int32`` TIFF -- and
+  scaling by the container's range would make it nearly black.  Such files
+  are refused with a :class:`DataError` that names the file, its dtype and
+  value range, and the ``bit_depth`` to pass (``bit_depth=12`` for 12-bit
+  data; or the container's depth, e.g. ``bit_depth=16``, if the image really
+  is that dark).  All-zero images are accepted as they are.
 * With an explicit ``bit_depth`` a value above ``2**bit_depth - 1`` raises
   :class:`DataError` (the depth is wrong).  Negative signed values are never
   accepted.
@@ -68,13 +69,14 @@ def _integer_scale(arr, source, bit_depth) -> float:
                 f"holds values up to {top}; pass the image's real bit depth"
             )
         return float(scale)
-    if 0 < top <= (1 << (bits - 4)) - 1:
+    width = arr.dtype.itemsize * 8
+    if 0 < top <= (1 << (width - 4)) - 1:
         guess = next((d for d in _COMMON_DEPTHS if top <= (1 << d) - 1), bits)
         raise DataError(
-            f"{source}: {arr.dtype} image with values in [{int(arr.min())}, {top}] fills at most 1/16 of its "
-            f"container's range 0..{int(np.iinfo(arr.dtype).max)}, so scaling by that range would make it "
-            f"almost black; this looks like {guess}-bit data in a {arr.dtype} container. Pass bit_depth={guess} "
-            f"(divide by {(1 << guess) - 1}), or bit_depth={bits if bits < 64 else 64} to keep the container's "
+            f"{source}: {arr.dtype} image with values in [{int(arr.min())}, {top}] leaves the top 4 bits of its "
+            f"{width}-bit container unused, so scaling by the container's range 0..{int(np.iinfo(arr.dtype).max)} "
+            f"would make it almost black; this looks like {guess}-bit data in a {arr.dtype} container. "
+            f"Pass bit_depth={guess} (divide by {(1 << guess) - 1}), or bit_depth={bits} to keep the container's "
             "range (command line: --bit-depth)"
         )
     return float(np.iinfo(arr.dtype).max)
