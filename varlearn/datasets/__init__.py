@@ -3,9 +3,10 @@
 Every loader returns NumPy ``float64`` images on the [0, 1] scale.  Integer
 images are divided by ``2**bits - 1`` of their container (uint8 by 255,
 uint16 by 65535), or of an explicit ``bit_depth``; containers wider than 8
-bits whose values fill at most 1/16 of their range (12-bit data in a 16-bit
-file, 8- or 16-bit data in an ``int32`` TIFF) are refused with a message
-naming the file and the ``bit_depth`` to pass (:mod:`varlearn.datasets.images`).
+bits whose values leave the container's top four bits unused (12-bit data in
+a 16-bit file, 8- or 16-bit data in an ``int32`` TIFF) are refused with a
+message naming the file and the ``bit_depth`` to pass
+(:mod:`varlearn.datasets.images`).
 Floating images are kept as they are, after a finiteness check.  Colour
 images become grayscale with :func:`skimage.color.rgb2gray` unless a loader is
 asked to keep the colour channels; an alpha channel is dropped.

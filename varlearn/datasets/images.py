@@ -169,8 +169,8 @@ def load_image(path, as_gray=True, bit_depth=None):
     DataError
         If the file is not a regular file, is not a readable image, has an
         unsupported layout, contains NaN/Inf, has negative integer values,
-        values above ``2**bit_depth - 1``, or (with ``bit_depth=None``) fills
-        at most 1/16 of a container wider than 8 bits.
+        values above ``2**bit_depth - 1``, or (with ``bit_depth=None``)
+        leaves the top four bits of a container wider than 8 bits unused.
     """
     path = as_path(path, "path")
     bit_depth = check_bit_depth(bit_depth)
