@@ -99,13 +99,23 @@ class Geometry:
     def __repr__(self):
         return "Geometry(batch={}, height={}, width={}, kernel_size={})".format(*self.key())
 
-    def blocks(self, rows, itemsize, xp):
-        """Flat ranges ``(s, e)`` covering ``[lo, hi)``, each with an im2col block of about ``_BLOCK_BYTES``."""
+    def blocks(self, rows, itemsize, xp, per_image=False):
+        """Work blocks ``(b0, b1, s, e)``: images ``b0:b1``, local flat positions ``[s, e)`` of each.
+
+        The local positions ``[lo, S - lo)`` (``S = hp * wp``) of an image hold
+        all its outputs; a block's im2col array ``(b1 - b0, rows, e - s)`` has
+        about ``_BLOCK_BYTES`` bytes.  On NumPy (or with ``per_image``) a block
+        lies in one image, so that one GEMM with that image's kernel computes it.
+        """
+        sz = self.hp * self.wp
+        lo, hi = self.lo, sz - self.lo
         m = max(256, _BLOCK_BYTES[xp_name(xp)] // max(1, rows * itemsize))
-        total = self.hi - self.lo
-        nb = -(-total // m)
-        m = -(-total // nb)
-        return [(s, min(self.hi, s + m)) for s in range(self.lo, self.hi, m)]
+        if xp_name(xp) == "cupy" and not per_image and hi - lo <= m:
+            c = max(1, min(self.batch, m // (hi - lo)))
+            return [(b0, min(self.batch, b0 + c), lo, hi) for b0 in range(0, self.batch, c)]
+        nb = -(-(hi - lo) // m)
+        m = -(-(hi - lo) // nb)
+        return [(b, b + 1, s, min(hi, s + m)) for b in range(self.batch) for s in range(lo, hi, m)]
 
 
 def to_padded(x, geom):
@@ -140,57 +150,83 @@ def zero_border(buf, geom):
 
 
 def _tap_matrix(w):
-    """``(C_out, C_in, k, k)`` -> the contiguous ``(C_out, k*k*C_in)`` matrix in im2col order (tap-major)."""
+    """``(..., C_out, C_in, k, k)`` -> the contiguous ``(..., C_out, k*k*C_in)`` matrix in im2col order."""
     xp = get_namespace(w)
-    co, ci, k, _ = w.shape
-    return xp.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(co, k * k * ci)
+    k = w.shape[-1]
+    nd = w.ndim
+    perm = tuple(range(nd - 4)) + (nd - 4, nd - 2, nd - 1, nd - 3)
+    return xp.ascontiguousarray(w.transpose(perm)).reshape(w.shape[:-3] + (k * k * w.shape[-3],))
 
 
-def _im2col(xf, s, e, offsets, cols):
-    """``cols[t, c, j] = xf[c, s + j + offsets[t]]`` for ``j < e - s``; ``cols`` is ``(k*k, C, >= e-s)``."""
+def _im2col(x3, blk, offsets, cols):
+    """``cols[j, t, c, i] = x3[c, b0 + j, s + i + offsets[t]]``; ``x3`` ``(C, B, S)``, ``cols`` ``(nb, k*k, C, m)``."""
+    b0, b1, s, e = blk
+    m = e - s
     for t, d in enumerate(offsets):
-        cols[t, :, :e - s] = xf[:, s + d:e + d]
+        if b1 - b0 == 1:
+            cols[0, t, :, :m] = x3[:, b0, s + d:e + d]
+        else:
+            cols[:b1 - b0, t, :, :m] = x3[:, b0:b1, s + d:e + d].transpose(1, 0, 2)
 
 
-def _check_kernel(w, c_in, name="w"):
-    if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[1] != c_in:
-        raise ValueError(f"{name} must have shape (C_out, {c_in}, k, k), got shape {tuple(w.shape)}")
+def _check_kernel(w, c_in, batch=None, name="w"):
+    ok = w.ndim in (4, 5) and w.shape[-1] == w.shape[-2] and w.shape[-3] == c_in
+    if ok and w.ndim == 5:
+        ok = batch is not None and w.shape[0] == batch
+    if not ok:
+        lead = "" if batch is None else f"[{batch},] "
+        raise ValueError(f"{name} must have shape {lead}(C_out, {c_in}, k, k), got shape {tuple(w.shape)}")
 
 
-def conv_padded(xf, w, geom, out=None):
-    r"""Correlation on the padded layout: ``out[o, q] = Σ_{c,a,b} w[o, c, a, b] xf[c, q + d_ab]`` on ``[lo, hi)``.
+def _work(xp, geom, rows, dtype, per_image):
+    blocks = geom.blocks(rows, np.dtype(dtype).itemsize, xp, per_image)
+    nb = max(b1 - b0 for b0, b1, _, _ in blocks)
+    m = max(e - s for _, _, s, e in blocks)
+    return blocks, xp.empty((nb, rows, m), dtype=dtype)
 
-    ``xf`` ``(C_in, N)`` must have zero borders; ``w`` is ``(C_out, C_in, k, k)``.
-    The positions outside ``[lo, hi)`` and the border positions inside it hold
-    unspecified values afterwards (call :func:`zero_border`).
+
+def conv_padded(xf, w, geom, out=None, bias=None):
+    r"""Correlation on the padded layout: ``out[o, q] = Σ_{c,a,b} w[o, c, a, b] xf[c, q + d_ab] + bias[o]``.
+
+    ``xf`` ``(C_in, N)`` must have zero borders.  ``w`` is ``(C_out, C_in, k, k)``,
+    or ``(B, C_out, C_in, k, k)`` for a kernel per example; ``bias`` (optional)
+    is ``(C_out,)`` or ``(C_out, B)``.  The border positions of ``out``
+    ``(C_out, N)`` hold unspecified values afterwards (call :func:`zero_border`).
     """
     xp = get_namespace(xf, w)
     ci = xf.shape[0]
-    _check_kernel(w, ci)
-    co, k = w.shape[0], w.shape[2]
+    _check_kernel(w, ci, geom.batch)
+    co, k = w.shape[-4], w.shape[-1]
     if k != geom.kernel_size or xf.shape[1] != geom.n:
         raise ValueError(f"xf {tuple(xf.shape)} and w {tuple(w.shape)} do not match {geom!r}")
+    per = w.ndim == 5
     wm = _tap_matrix(w.astype(xf.dtype, copy=False))
     if out is None:
         out = xp.empty((co, geom.n), dtype=xf.dtype)
     rows = k * k * ci
-    blocks = geom.blocks(rows, xf.dtype.itemsize, xp)
-    m = blocks[0][1] - blocks[0][0]
-    cols = xp.empty((k * k, ci, m), dtype=xf.dtype)
-    c2 = cols.reshape(rows, m)
+    blocks, cols = _work(xp, geom, rows, xf.dtype, per)
+    cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
+    x3, o3 = xf.reshape(ci, geom.batch, -1), out.reshape(co, geom.batch, -1)
+    if bias is not None:
+        bias = bias.astype(xf.dtype, copy=False).reshape(co, -1)
     numpy_out = xp_name(xp) == "numpy"  # NumPy's matmul writes into strided outputs
-    for s, e in blocks:
-        _im2col(xf, s, e, geom.offsets, cols)
-        if e - s == m and numpy_out:
-            xp.matmul(wm, c2, out=out[:, s:e])
+    for blk in blocks:
+        b0, b1, s, e = blk
+        _im2col(x3, blk, geom.offsets, cols4)
+        c = cols[:b1 - b0, :, :e - s]
+        a = wm[b0:b1] if per else wm
+        if numpy_out and b1 - b0 == 1:
+            xp.matmul(a[0] if per else a, c[0], out=o3[:, b0, s:e])
         else:
-            out[:, s:e] = wm @ c2[:, :e - s]
+            o3[:, b0:b1, s:e] = xp.matmul(a, c).transpose(1, 0, 2)
+        if bias is not None:
+            o3[:, b0:b1, s:e] += bias[:, b0:b1, None] if bias.shape[1] > 1 else bias[:, :, None]
     return out
 
 
 def _flip(w):
-    """The kernel of the adjoint correlation: ``(C_in, C_out, k, k)``, flipped in both spatial axes."""
-    return w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    """The kernel of the adjoint correlation: ``(..., C_in, C_out, k, k)``, flipped in both spatial axes."""
+    return w.swapaxes(-3, -4)[..., ::-1, ::-1]
 
 
 def conv_padded_input_grad(gf, w, geom, out=None):
@@ -201,20 +237,29 @@ def conv_padded_input_grad(gf, w, geom, out=None):
     return zero_border(conv_padded(gf, _flip(w), geom, out=out), geom)
 
 
-def conv_padded_weight_grad(xf, gf, geom):
-    r"""``dw[o, c, a, b] = Σ_q gf[o, q] xf[c, q + d_ab]`` (the kernel gradient; ``gf`` zero on borders)."""
+def conv_padded_weight_grad(xf, gf, geom, per_example=False):
+    r"""``dw[o, c, a, b] = Σ_q gf[o, q] xf[c, q + d_ab]`` (the kernel gradient; ``gf`` zero on borders).
+
+    With ``per_example`` the sum over ``q`` runs over each example's positions
+    separately and the result is ``(B, C_out, C_in, k, k)``.
+    """
     xp = get_namespace(xf, gf)
     ci, co, k = xf.shape[0], gf.shape[0], geom.kernel_size
     rows = k * k * ci
-    blocks = geom.blocks(rows, xf.dtype.itemsize, xp)
-    m = blocks[0][1] - blocks[0][0]
-    cols = xp.empty((k * k, ci, m), dtype=xf.dtype)
-    c2 = cols.reshape(rows, m)
-    acc = xp.zeros((co, rows), dtype=xf.dtype)
-    for s, e in blocks:
-        _im2col(xf, s, e, geom.offsets, cols)
-        acc += gf[:, s:e] @ c2[:, :e - s].T
-    return xp.ascontiguousarray(acc.reshape(co, k, k, ci).transpose(0, 3, 1, 2))
+    blocks, cols = _work(xp, geom, rows, xf.dtype, per_example)
+    cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
+    x3, g3 = xf.reshape(ci, geom.batch, -1), gf.reshape(co, geom.batch, -1)
+    acc = xp.zeros((geom.batch if per_example else 1, co, rows), dtype=xf.dtype)
+    for blk in blocks:
+        b0, b1, s, e = blk
+        _im2col(x3, blk, geom.offsets, cols4)
+        prod = xp.matmul(g3[:, b0:b1, s:e].transpose(1, 0, 2), cols[:b1 - b0, :, :e - s].transpose(0, 2, 1))
+        if per_example:
+            acc[b0:b1] += prod
+        else:
+            acc[0] += prod.sum(axis=0)
+    dw = acc.reshape(acc.shape[0], co, k, k, ci).transpose(0, 1, 4, 2, 3)
+    return xp.ascontiguousarray(dw if per_example else dw[0])
 
 
 def _nchw_geometry(x, w):
@@ -316,8 +361,7 @@ class STNConv2d:
               + g_b(\tilde\lambda_b) \odot b_h, \qquad
               [g_w; g_b] = A\tilde\lambda_b,
 
-    one gain per output channel and example; ``K_e`` and ``K_h`` are stacked
-    into one correlation with ``2 C_out`` outputs.  Parameters (a dict, see
+    one gain per output channel and example.  Parameters (a dict, see
     :meth:`init_params`): ``K_e, K_h`` ``(C_out, C_in, k, k)``, ``b_e, b_h``
     ``(C_out,)``, ``A`` ``(2 C_out, n_hyper)`` (zero at initialisation, so the
     layer starts as its ungated base layer).
@@ -341,38 +385,37 @@ class STNConv2d:
     def forward(self, p, x, lam, geom):
         """``x`` ``(C_in, N)`` with zero borders, ``lam`` ``(B, n_hyper)`` -> ``(y, cache)``, ``y`` ``(C_out, N)``.
 
-        ``y`` has zero borders; it is a view of a buffer that the cache keeps
-        (its other half holds ``K_h ⋆ x``), and may be modified in place by the caller.
+        ``y`` has zero borders and may be modified in place by the caller.
+        Method: the gains are per example, so example ``b`` is convolved with
+        its own kernel ``K_e + diag(g_w,b) K_h`` (one GEMM per image block, as
+        many operations as the ungated layer); ``K_h ⋆ x`` is never formed.
         """
-        xp = get_namespace(x)
         co = self.c_out
         gains = lam @ p["A"].T
-        w = xp.concatenate([p["K_e"], p["K_h"]], axis=0)
-        z = conv_padded(x, w, geom)
-        y, zh = z[:co], z[co:]
-        zero_border(z, geom)  # both halves: the borders of zh enter the gains and the backward pass
-        y3 = y.reshape(co, geom.batch, -1)
-        y3 += gains[:, :co].T[:, :, None] * zh.reshape(co, geom.batch, -1)
-        y3 += (p["b_e"][:, None] + gains[:, co:].T * p["b_h"][:, None])[:, :, None]
-        zero_border(y, geom)
-        return y, (x, zh, gains, lam, w, geom)
+        w = p["K_e"][None] + gains[:, :co, None, None, None] * p["K_h"][None]
+        bias = p["b_e"][:, None] + gains[:, co:].T * p["b_h"][:, None]
+        y = zero_border(conv_padded(x, w, geom, bias=bias), geom)
+        return y, (x, w, gains, lam, geom)
 
     def backward(self, p, cache, g, need_input_grad=True):
-        """``g`` = dL/dy ``(C_out, N)``, zero on borders -> ``(grads, dx or None, dlam)``."""
+        """``g`` = dL/dy ``(C_out, N)``, zero on borders -> ``(grads, dx or None, dlam)``.
+
+        With ``dW_b = Σ_q g_b[:, q] x_b[:, q + d]ᵀ`` the per-example kernel
+        gradient: ``dK_e = Σ_b dW_b``, ``dK_h = Σ_b diag(g_w,b) dW_b`` and
+        ``∂g_w[b, o] = <dW_b[o], K_h[o]>``.
+        """
         xp = get_namespace(g)
-        x, zh, gains, lam, w, geom = cache
-        co, b = self.c_out, geom.batch
-        g3 = g.reshape(co, b, -1)
-        dgw = xp.einsum("cbs,cbs->bc", g3, zh.reshape(co, b, -1))
-        sg = g3.sum(axis=2)
-        gst = xp.empty((2 * co, geom.n), dtype=g.dtype)
-        gst[:co] = g
-        xp.multiply(g3, gains[:, :co].T[:, :, None], out=gst[co:].reshape(co, b, -1))
-        dw = conv_padded_weight_grad(x, gst, geom)
-        dx = conv_padded_input_grad(gst, w, geom) if need_input_grad else None
+        x, w, gains, lam, geom = cache
+        co = self.c_out
+        sg = g.reshape(co, geom.batch, -1).sum(axis=2)
+        dwb = conv_padded_weight_grad(x, g, geom, per_example=True)
+        dx = conv_padded_input_grad(g, w, geom) if need_input_grad else None
+        flat = dwb.reshape(geom.batch, co, -1)
+        dgw = xp.einsum("boj,oj->bo", flat, p["K_h"].reshape(co, -1))
+        dkh = xp.einsum("bo,boj->oj", gains[:, :co], flat).reshape(p["K_h"].shape)
         dgains = xp.concatenate([dgw, (sg * p["b_h"][:, None]).T], axis=1)
         da, dlam = _gain_grads(lam, p["A"], dgains)
-        grads = {"K_e": dw[:co], "K_h": dw[co:], "b_e": sg.sum(axis=1),
+        grads = {"K_e": dwb.sum(axis=0), "K_h": dkh, "b_e": sg.sum(axis=1),
                  "b_h": (sg * gains[:, co:].T).sum(axis=1), "A": da}
         return grads, dx, dlam
 

@@ -1,0 +1,277 @@
+"""Benchmark of the STN layers and of one STN training step against PyTorch, side by side.
+
+Times, in one run and with the same number of threads for both libraries
+(``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
+
+* one plain convolution ``C -> C`` (3x3, "same" zero padding) forward + backward
+  (input and kernel gradients) on a batch ``B x C x S x S``: varlearn's NCHW
+  wrappers (:func:`varlearn.stn.layers.conv2d` / ``conv2d_backward``, which add
+  the layout conversions), varlearn's padded kernels (what the models run) and
+  ``torch.nn.functional.conv2d`` with autograd;
+* one STN training step of model A (:class:`varlearn.stn.DnCNNSTN`, ``depth``
+  gated convolutions, ``channels`` channels, per-example channel dropout, MSE
+  loss on the residual output, Adam): varlearn forward + backward + Adam
+  (:class:`varlearn.stn.optim.Adam`) against the same network written here in
+  PyTorch (per-channel gains ``A λ̃``, ReLU, inverted channel dropout,
+  ``torch.optim.Adam``) in two ways: "stacked" (one convolution with the
+  elementary and response kernels stacked into ``2C`` outputs, gated
+  afterwards; the STN papers' form) and "grouped" (a kernel per example,
+  ``K_e + diag(g_w) K_h``, as one grouped convolution, which is what varlearn
+  computes); the "vs torch" column of the step divides by the faster of the
+  two.  For context, a plain (ungated) DnCNN of the same depth and width in PyTorch;
+* memory over ``--steps`` varlearn training steps: traced Python/NumPy
+  allocations (``tracemalloc``) alive after step 5 and after the last step,
+  their peak, and the process RSS; a growth of the live allocations with the
+  number of steps would be a leak.
+
+The numbers are the minimum over ``--repeat`` rounds after one warm-up call;
+each round times every case once, in turn, so that all cases see the same
+load.  Timings on shared machines are noisy: compare the ratios of one run.
+PyTorch is imported here only (it is never a dependency of varlearn); without
+it the PyTorch columns are empty.
+
+Usage::
+
+    nice -n 10 python scripts/benchmark_stn.py [--threads 1] [--batch 32] [--size 40] [--depth 5]
+                                               [--channels 32] [--repeat 5] [--steps 50] [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from varlearn.stn import DnCNNSTN  # noqa: E402
+from varlearn.stn.layers import (  # noqa: E402
+    Geometry,
+    conv2d,
+    conv2d_backward,
+    conv_padded,
+    conv_padded_input_grad,
+    conv_padded_weight_grad,
+    to_padded,
+)
+from varlearn.stn.optim import Adam  # noqa: E402
+
+
+def _interleaved(cases, repeat):
+    """Minimum seconds per case over ``repeat`` rounds; each round calls every case once, in turn.
+
+    Interleaving puts every case under the same (shared-machine) load, so the
+    ratios of one run are comparable even when the load changes during it.
+    """
+    for fun in cases.values():
+        fun()
+    best = {name: float("inf") for name in cases}
+    for _ in range(repeat):
+        for name, fun in cases.items():
+            t0 = time.perf_counter()
+            fun()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------- varlearn
+def varlearn_conv(b, c, s, rng):
+    x = rng.standard_normal((b, c, s, s)).astype(np.float32)
+    w = (0.1 * rng.standard_normal((c, c, 3, 3))).astype(np.float32)
+    g = rng.standard_normal((b, c, s, s)).astype(np.float32)
+    geom = Geometry(b, s, s, 3)
+    xf, gf = to_padded(x, geom), to_padded(g, geom)
+
+    def nchw():
+        conv2d(x, w)
+        conv2d_backward(x, w, g)
+
+    def padded():
+        conv_padded(xf, w, geom)
+        conv_padded_input_grad(gf, w, geom)
+        conv_padded_weight_grad(xf, gf, geom)
+
+    return nchw, padded
+
+
+def varlearn_step(args, rng):
+    model = DnCNNSTN(args.n_hyper, depth=args.depth, channels=args.channels, dtype=np.float32, rng=0)
+    for k, v in model.params.items():
+        if k.endswith(".A"):
+            v[...] = 0.05 * rng.standard_normal(v.shape)
+    opt = Adam(model.params, lr=1e-4)
+    b, s = args.batch, args.size
+    clean = rng.random((b, s, s)).astype(np.float32)
+    noisy = (clean + 0.1 * rng.standard_normal((b, s, s))).astype(np.float32)
+    h = rng.standard_normal((b, args.n_hyper)).astype(np.float32)
+    rates = rng.uniform(0.0, 0.2, b).astype(np.float32)
+    mask_rng = np.random.default_rng(1)
+
+    def step():
+        out, cache = model.forward(noisy, h, dropout=rates, rng=mask_rng)
+        r = out - clean
+        grads, _ = model.backward(cache, (2.0 / r.size) * r)
+        opt.step(grads)
+        return float(np.mean(r * r))
+
+    return step, model
+
+
+def memory_growth(step, n_steps):
+    tracemalloc.start()
+    live = {}
+    for i in range(1, n_steps + 1):
+        step()
+        if i in (5, n_steps):
+            live[i] = tracemalloc.get_traced_memory()[0] / 2 ** 20
+    peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+    tracemalloc.stop()
+    return {"live_mib_after_5": live[5], f"live_mib_after_{n_steps}": live[n_steps], "peak_mib": peak,
+            "max_rss_mib": _rss_mib()}
+
+
+# ---------------------------------------------------------------------------- torch
+def torch_cases(args, rng):
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return None
+    torch.set_num_threads(args.threads)
+    F = torch.nn.functional
+    b, c, s, n = args.batch, args.channels, args.size, args.n_hyper
+
+    x = torch.tensor(rng.standard_normal((b, c, s, s)), dtype=torch.float32, requires_grad=True)
+    w = torch.tensor(0.1 * rng.standard_normal((c, c, 3, 3)), dtype=torch.float32, requires_grad=True)
+    g = torch.tensor(rng.standard_normal((b, c, s, s)), dtype=torch.float32)
+
+    def conv():
+        x.grad = w.grad = None
+        F.conv2d(x, w, padding=1).backward(g)
+
+    chans = [1] + [c] * (args.depth - 1) + [1]
+    tr = np.random.default_rng(0)
+
+    def param(*shape, scale=1.0):
+        return torch.tensor(scale * tr.uniform(-1, 1, shape), dtype=torch.float32, requires_grad=True)
+
+    layers = []
+    for ci, co in zip(chans[:-1], chans[1:]):
+        bound = (6.0 / (9 * ci)) ** 0.5
+        layers.append({"w": param(2 * co, ci, 3, 3, scale=bound), "b_e": param(co, scale=0.0),
+                       "b_h": param(co, scale=(9 * ci) ** -0.5), "A": param(2 * co, n, scale=0.05)})
+    plain = [{"w": param(co, ci, 3, 3, scale=(6.0 / (9 * ci)) ** 0.5), "b": param(co, scale=0.0)}
+             for ci, co in zip(chans[:-1], chans[1:])]
+    opt_stn = torch.optim.Adam([t for lay in layers for t in lay.values()], lr=1e-4)
+    opt_plain = torch.optim.Adam([t for lay in plain for t in lay.values()], lr=1e-4)
+    clean = torch.tensor(rng.random((b, 1, s, s)), dtype=torch.float32)
+    noisy = clean + 0.1 * torch.randn(b, 1, s, s)
+    h = torch.randn(b, n)
+    rates = torch.tensor(rng.uniform(0.0, 0.2, b), dtype=torch.float32)
+
+    def stn_step():
+        opt_stn.zero_grad(set_to_none=True)
+        a = noisy
+        for i, lay in enumerate(layers):
+            co = lay["w"].shape[0] // 2
+            z = F.conv2d(a, lay["w"], padding=1)
+            gains = h @ lay["A"].T
+            a = (z[:, :co] + gains[:, :co, None, None] * z[:, co:]
+                 + (lay["b_e"] + gains[:, co:] * lay["b_h"])[:, :, None, None])
+            if i < len(layers) - 1:
+                keep = (1.0 - rates)[:, None]
+                mask = (torch.rand(b, co) < keep).float() / keep
+                a = torch.relu(a) * mask[:, :, None, None]
+        loss = F.mse_loss(noisy - a, clean)
+        loss.backward()
+        opt_stn.step()
+
+    def stn_grouped_step():
+        """The same network with a kernel per example: one grouped convolution (groups = B) per layer."""
+        opt_stn.zero_grad(set_to_none=True)
+        a = noisy.reshape(1, b, s, s)
+        for i, lay in enumerate(layers):
+            co = lay["w"].shape[0] // 2
+            gains = h @ lay["A"].T
+            weff = lay["w"][None, :co] + gains[:, :co, None, None, None] * lay["w"][None, co:]
+            bias = lay["b_e"] + gains[:, co:] * lay["b_h"]
+            a = F.conv2d(a, weff.reshape(b * co, -1, 3, 3), bias.reshape(-1), padding=1, groups=b)
+            if i < len(layers) - 1:
+                keep = (1.0 - rates)[:, None]
+                mask = (torch.rand(b, co) < keep).float() / keep
+                a = torch.relu(a) * mask.reshape(1, b * co, 1, 1)
+        F.mse_loss(noisy - a.reshape(b, 1, s, s), clean).backward()
+        opt_stn.step()
+
+    def plain_step():
+        opt_plain.zero_grad(set_to_none=True)
+        a = noisy
+        for i, lay in enumerate(plain):
+            a = F.conv2d(a, lay["w"], lay["b"], padding=1)
+            if i < len(plain) - 1:
+                a = torch.relu(a)
+        F.mse_loss(noisy - a, clean).backward()
+        opt_plain.step()
+
+    return {"conv": conv, "stn_step": stn_step, "stn_grouped_step": stn_grouped_step, "plain_step": plain_step,
+            "version": torch.__version__}
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=40)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--n-hyper", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="batch 4, 2 repeats, 10 memory steps")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.repeat, args.steps = 4, 2, 10
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    with threadpool_limits(args.threads):
+        nchw, padded = varlearn_conv(args.batch, args.channels, args.size, rng)
+        step, model = varlearn_step(args, rng)
+        cases = {"conv fwd+bwd, varlearn NCHW": nchw, "conv fwd+bwd, varlearn padded": padded,
+                 "STN step, varlearn": step}
+        tc = torch_cases(args, rng)
+        if tc is not None:
+            cases.update({"conv fwd+bwd, torch": tc["conv"], "STN step, torch stacked": tc["stn_step"],
+                          "STN step, torch grouped": tc["stn_grouped_step"],
+                          "plain DnCNN step, torch": tc["plain_step"]})
+        rows = _interleaved(cases, args.repeat)
+        mem = memory_growth(step, args.steps)
+    shape = f"B={args.batch} C={args.channels} {args.size}x{args.size} depth={args.depth} float32"
+    print(f"# {shape}, threads={args.threads}, torch {tc['version'] if tc else 'not installed'}, "
+          f"model A weights: {model.n_weights}")
+    print(f"{'case':34s} {'seconds':>9s} {'vs torch':>9s}")
+    stn_torch = [rows[k] for k in ("STN step, torch stacked", "STN step, torch grouped") if k in rows]
+    ref = {"conv": rows.get("conv fwd+bwd, torch"), "STN": min(stn_torch) if stn_torch else None}
+    for name, t in rows.items():
+        r = ref["conv" if name.startswith("conv") else "STN"]
+        ratio = f"{t / r:9.2f}" if r and "torch" not in name else f"{'':9s}"
+        print(f"{name:34s} {t:9.4f} {ratio}")
+    print("memory over steps (MiB): " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shape": shape, "threads": args.threads, "seconds": rows, "memory": mem}, f, indent=1)
+    return rows, mem
+
+
+if __name__ == "__main__":
+    main()
