@@ -409,8 +409,10 @@ def test_load_pairs_refuses_resizing_noisy_images(tmp_path):
     skimage.io.imsave(noisy_dir / "x.tif", noisy, check_contrast=False)
     # why: a 2x down-size removes most of the noise
     assert np.std(ds.resize(noisy, 32) - 0.5) < 0.05
-    with pytest.raises(DataError, match=r"size=32x32 would resize the noisy image .*x\.tif \(64x64\).*crop=32"):
+    with pytest.raises(DataError, match=r"size=32x32 would resize the noisy image .*x\.tif \(64x64\).*crop=32 gives"):
         ds.load_pairs(clean_dir, noisy_dir, size=32)
+    with pytest.raises(DataError, match=r"size=80x80 would resize .*cropped but not resized"):
+        ds.load_pairs(clean_dir, noisy_dir, size=80)
     with pytest.raises(DataError, match=r"size=16x16 would resize the noisy image .*\(32x32\)"):
         ds.load_pairs(clean_dir, noisy_dir, crop=32, size=16)
     # crops keep the noise level; a size equal to the (cropped) shape is no resize

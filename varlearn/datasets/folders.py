@@ -110,12 +110,14 @@ def _refuse_noisy_resize(img, size_hw, path):
     """``DataError`` when resizing the noisy image ``img`` (already cropped) would change its shape."""
     if size_hw is None or tuple(img.shape[:2]) == size_hw:
         return
-    how = f"crop={size_hw[0]}" if size_hw[0] == size_hw[1] else f"crop={size_hw}"
+    fits = size_hw[0] <= img.shape[0] and size_hw[1] <= img.shape[1]
+    crop = size_hw[0] if size_hw[0] == size_hw[1] else size_hw
+    how = f" (crop={crop} gives that shape)" if fits else ""
     raise DataError(
         f"size={hw_text(size_hw)} would resize the noisy image {path} ({hw_text(img.shape[:2])}), which "
-        "averages its noise away and trains for a lower noise level than the data have; noisy data can be "
-        f"cropped ({how}) but not resized. To train at another resolution, resize clean images and add noise "
-        "afterwards"
+        "changes its noise (down-sizing averages it away) and trains for a noise level the data do not have; "
+        f"noisy data can be cropped{how} but not resized. To train at another resolution, resize clean "
+        "images and add noise afterwards (sigma=...)"
     )
 
 
