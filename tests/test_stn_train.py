@@ -505,3 +505,39 @@ def test_dncnn_noise_level_moves_towards_the_target_from_both_sides(a0):
     assert abs(a[-1]) < 0.3 and abs(a[-1]) < 0.5 * abs(a0)
     assert np.all(np.abs(a[-3:]) < abs(a0))
     assert r.final_val_psnr > r.noisy_psnr + 4.0
+
+
+# --------------------------------------------------------------------------- the hyper-step gradient, end to end
+@pytest.mark.parametrize("val_loss", ["mse", "log_mse"])
+def test_hyper_step_gradient_matches_finite_differences(val_loss):
+    """The gradients a hyper-step hands to Adam are those of L_V(ũ(u, rho)) - tau H(rho) for its draws."""
+    from varlearn.testing import check_grad
+
+    rng = np.random.default_rng(0)
+    xtr, xv = rng.standard_normal((2, 40, 5))
+    model = LinearSTN(5, 4, 2, rng=1)
+    model.params["layer1.A"][...] = rng.standard_normal(model.params["layer1.A"].shape)
+    hy = HyperParameters([Hyperparameter("noise", 0.3, (-3, 3), transform="identity", scale=2.0, sigma0=0.3),
+                          Hyperparameter("weight_decay", 1e-2, (1e-6, 1.0), transform="log", per_example=False)])
+    tau = 0.05
+    tr = STNTrainer(model, hy, xtr, xv, sigma=0.2, options={"max_steps": 1, "val_loss": val_loss, "tau": tau,
+                                                           "val_batch_size": 6}, seed=0)
+    state = tr.rng.bit_generator.state
+    got = {}
+    tr.opt_u.step = lambda g: got.update(g)
+    tr.opt_rho.step = lambda g: got.update(g)
+
+    def set_theta(theta):
+        hy.u[:], hy.rho[:] = theta[:2], theta[2:]
+        tr.rng.bit_generator.state = state
+
+    def fun(theta):
+        set_theta(theta)
+        return tr.hyper_step() - tau * hy.entropy()
+
+    def grad(theta):
+        set_theta(theta)
+        tr.hyper_step()
+        return np.concatenate([got["u"], got["rho"]])
+
+    check_grad(fun, grad, np.concatenate([hy.u, hy.rho]), rng=2, n_dirs=4, raise_error=True)
