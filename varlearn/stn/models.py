@@ -64,6 +64,13 @@ def _check_dtype(dtype):
     return dt
 
 
+def _check_odd(value, name):
+    v = check_int(value, name, minimum=1)
+    if v % 2 != 1:
+        raise ValueError(f"{name} must be odd, got {value!r}")
+    return v
+
+
 def _check_xp(xp):
     if xp is None:
         return np
@@ -227,9 +234,7 @@ class DnCNNSTN(STNModel):
         super().__init__(n_hyper, dtype, xp)
         self.depth = check_int(depth, "depth", minimum=2)
         self.channels = check_int(channels, "channels", minimum=1)
-        self.kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
-        if self.kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
+        self.kernel_size = _check_odd(kernel_size, "kernel_size")
         rng = _make_rng(rng)
         chans = [1] + [self.channels] * (self.depth - 1) + [1]
         self.layers = [STNConv2d(chans[i], chans[i + 1], self.n_hyper, self.kernel_size) for i in range(self.depth)]
@@ -326,9 +331,7 @@ class VariationalSTN(STNModel):
         super().__init__(n_hyper, dtype, xp)
         self.n_stages = check_int(n_stages, "n_stages", minimum=1)
         self.n_filters = check_int(n_filters, "n_filters", minimum=1)
-        self.size = check_int(size, "size", minimum=1)
-        if self.size % 2 != 1:
-            raise ValueError(f"size must be odd, got {size!r}")
+        self.size = _check_odd(size, "size")
         if potential not in ("smoothed_l1", "log_student_t", "huber"):
             raise ValueError(f"potential must be 'smoothed_l1', 'log_student_t' or 'huber', got {potential!r}")
         self.potential_name = potential
