@@ -22,6 +22,7 @@ from varlearn.stn.baselines import (
     random_search,
     sample_random,
     train_fixed,
+    train_schedule,
 )
 from varlearn.stn.hyperparameters import Hyperparameter, HyperParameters
 from varlearn.stn.models import DnCNNSTN, LinearSTN
@@ -541,3 +542,20 @@ def test_hyper_step_gradient_matches_finite_differences(val_loss):
         return np.concatenate([got["u"], got["rho"]])
 
     check_grad(fun, grad, np.concatenate([hy.u, hy.rho]), rng=2, n_dirs=4, raise_error=True)
+
+
+def test_retrain_following_the_logged_schedule(tiny_full):
+    _, hy_stn, stn = tiny_full
+    rec = Recorder(DnCNNSTN(4, depth=2, channels=4, rng=0))
+    r = train_schedule(rec, hy_stn, stn.history, TRAIN, VAL, sigma=0.1, options=TINY)
+    assert r.n_hyper_steps == 0 and r.n_steps == 30
+    train_h = [h for h, d in rec.calls if d is not None]  # one per weight step, in order
+    assert len(train_h) == 30
+    rows = [row for row in stn.history if not row["final"]]
+    for step, h in enumerate(train_h):  # step s (0-based) runs after s weight steps: the row with step <= s
+        row = [row for row in rows if row["step"] <= step][-1]
+        want = [row["u_" + n] for n in hy_stn.names]
+        np.testing.assert_allclose(h, np.repeat(np.array(want, np.float32)[None], 4, 0), rtol=1e-6)
+    # an evaluation at step s > 0 sees the λ of the segment just trained (the last row before s)
+    for row in r.history[1:]:
+        assert row["u_noise"] == [x for x in rows if x["step"] < row["step"]][-1]["u_noise"]

@@ -36,7 +36,7 @@ from .train import STNTrainer
 
 logger = logging.getLogger("varlearn")
 
-__all__ = ["SearchResult", "train_fixed", "random_search", "grid_search", "n_trials", "best_so_far",
+__all__ = ["SearchResult", "train_fixed", "train_schedule", "random_search", "grid_search", "n_trials", "best_so_far",
            "sample_random", "grid_points"]
 
 
@@ -80,6 +80,35 @@ def train_fixed(model, hyper, values, train_images, val_images, *, sigma, option
     h.set_values(values)
     trainer = STNTrainer(model, h, train_images, val_images, sigma=sigma, options=_trial_options(options), seed=seed)
     return trainer.run(callback=callback)
+
+
+def train_schedule(model, hyper, history, train_images, val_images, *, sigma, options, seed=0, callback=None):
+    """Train ``model`` at fixed λ that follow an STN run's logged schedule (spec §7.4, MacKay et al. Table 1).
+
+    ``history`` is an STN result's history: from weight step ``row["step"]`` on,
+    the hyperparameters take the row's unconstrained values ``u_<name>`` (held
+    until the next row), without perturbation and without hyper-steps.  The
+    rest is as in :func:`train_fixed`.  Returns the run's
+    :class:`~varlearn.stn.train.STNResult`.
+    """
+    h = hyper.copy()
+    rows = sorted((int(r["step"]), np.array([float(r["u_" + n]) for n in h.names])) for r in history
+                  if not r.get("final"))
+    if not rows:
+        raise ValueError("history holds no evaluation rows: nothing to follow")
+    steps = [s for s, _ in rows]
+
+    def follow(step):
+        h.u[:] = rows[max(0, int(np.searchsorted(steps, step, side="right")) - 1)][1]
+
+    def cb(info):
+        if info["event"] == "step" and info["kind"] == "weight":
+            follow(info["step"])
+        return None if callback is None else callback(info)
+
+    follow(0)
+    trainer = STNTrainer(model, h, train_images, val_images, sigma=sigma, options=_trial_options(options), seed=seed)
+    return trainer.run(callback=cb)
 
 
 def n_trials(budget, trial_cost):
