@@ -1,0 +1,366 @@
+"""Building blocks of the STN front ends (``varlearn stn``, ``scripts/reproduce_stn.py``).
+
+* :func:`make_hyper`: the standard tuned hyperparameters (:data:`HYPER_SPECS`)
+  with their ranges and search boxes;
+* :func:`split_by_image`: a seeded split of image indices into training and
+  validation (never by patch);
+* :func:`make_model`: a DnCNN or variational STN with the front ends' defaults;
+* :func:`hyper_at_row`: the container at the λ of a history row (the λ the
+  selected weights were evaluated at);
+* :func:`equal_cost_search`: random or grid search over the same box at the
+  cost of an STN run, optionally extended beyond it for the cost plot;
+* :func:`quality`: PSNR/SSIM of a denoiser on noisy/clean image stacks;
+* figures: :func:`plot_val_psnr`, :func:`plot_schedules`, :func:`plot_cost`.
+
+References
+----------
+M. MacKay et al., "Self-Tuning Networks", ICLR 2019, arXiv:1903.03088 (the
+cost comparison: best validation loss so far against time, STN against random
+search, grid search and Bayesian optimisation).
+"""
+from __future__ import annotations
+
+import io as _bytesio
+import math
+
+import numpy as np
+
+from .._io import atomic_write_bytes
+from ..backend import to_device, to_numpy
+from ..evaluation import image_quality
+from ..metrics import psnr_per_image
+from .baselines import best_so_far, grid_search, n_trials, random_search, sample_random, train_fixed
+from .hyperparameters import Hyperparameter, HyperParameters
+from .io import denoise_stn
+from .models import DnCNNSTN, VariationalSTN
+
+__all__ = ["HYPER_SPECS", "DEFAULT_TUNE", "MODEL_DEFAULTS", "make_hyper", "split_by_image", "make_model",
+           "hyper_at_row", "equal_cost_search", "compare_at_equal_cost", "quality", "mean_std", "plot_val_psnr",
+           "plot_schedules", "plot_cost", "stn_curve"]
+
+#: the tunable hyperparameters of the front ends: initial value, range, transform, search box
+HYPER_SPECS = {
+    # training noise sigma*exp(a); the box centre a = 0 is "train at the target noise level"
+    "noise": {"init": 0.0, "range": (-1.5, 1.5), "transform": "identity", "box": (-1.0, 1.0)},
+    # kappa * 1/2 sum |W|^2 over the kernels; the box centre is 1e-5
+    "weight_decay": {"init": 1e-5, "range": (1e-9, 1e-2), "transform": "log", "box": (1e-7, 1e-3),
+                     "per_example": False},
+    "dropout": {"init": 0.05, "range": (0.0, 0.5), "transform": "sigmoid", "box": (0.0, 0.3)},
+    "augment": {"init": 3.5, "range": (0.0, 8.0), "transform": "sigmoid", "box": (0.0, 8.0), "discrete": True},
+}
+DEFAULT_TUNE = ("noise", "weight_decay")
+#: network sizes of the front ends (small enough to train on a CPU in a minute or two)
+MODEL_DEFAULTS = {"dncnn": {"depth": 5, "channels": 16, "kernel_size": 3},
+                  "vn": {"n_stages": 5, "n_filters": 8, "size": 5}}
+
+
+def make_hyper(names=DEFAULT_TUNE, init=None, sigma0=0.5):
+    """A :class:`HyperParameters` of the :data:`HYPER_SPECS` named in ``names`` (in that order).
+
+    ``init`` maps names to initial constrained values (default: the specs'
+    ``init``); ``sigma0`` is the initial perturbation scale.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("names must name at least one hyperparameter, got none")
+    unknown = [n for n in names if n not in HYPER_SPECS]
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {', '.join(HYPER_SPECS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct, got {names}")
+    init = dict(init or {})
+    bad = sorted(set(init) - set(names))
+    if bad:
+        raise ValueError(f"init names hyperparameters that are not tuned: {bad} (tuned: {names})")
+    specs = []
+    for n in names:
+        s = dict(HYPER_SPECS[n])
+        v = init.get(n, s.pop("init"))
+        s.pop("init", None)
+        specs.append(Hyperparameter(n, v, s.pop("range"), sigma0=sigma0, **s))
+    return HyperParameters(specs)
+
+
+def split_by_image(n_images, n_val, seed):
+    """Seeded split of ``range(n_images)`` into sorted ``(train, val)`` index lists, ``n_val`` for validation."""
+    if not (isinstance(n_images, (int, np.integer)) and n_images >= 2):
+        raise ValueError(f"n_images must be an integer >= 2 (one for training, one for validation), got {n_images!r}")
+    if not (isinstance(n_val, (int, np.integer)) and 1 <= n_val < n_images):
+        raise ValueError(f"n_val must be an integer in [1, {n_images - 1}], got {n_val!r}")
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5717])).permutation(int(n_images))
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
+def make_model(kind, n_hyper, config=None, *, dtype=np.float32, xp=None, seed=0):
+    """A ``"dncnn"`` or ``"vn"`` STN model: :data:`MODEL_DEFAULTS` updated by ``config``, weights from ``seed``."""
+    if kind not in MODEL_DEFAULTS:
+        raise ValueError(f"model must be one of {', '.join(MODEL_DEFAULTS)}, got {kind!r}")
+    cfg = {**MODEL_DEFAULTS[kind], **(config or {})}
+    cls = DnCNNSTN if kind == "dncnn" else VariationalSTN
+    return cls(n_hyper, **cfg, dtype=dtype, xp=xp, rng=np.random.default_rng(np.random.SeedSequence([seed, 0xA11])))
+
+
+def hyper_at_row(hyper, row):
+    """A copy of ``hyper`` with ``u`` (and ``rho``) of a trainer history row (``u_<name>``, ``sigma_<name>``)."""
+    h = hyper.copy()
+    for i, name in enumerate(h.names):
+        h.u[i] = float(row["u_" + name])
+        s = float(row.get("sigma_" + name, math.nan))
+        if math.isfinite(s) and s > 0:
+            h.rho[i] = s + math.log(-math.expm1(-s))  # inverse softplus
+    return h
+
+
+def equal_cost_search(kind, model, hyper, train, val, *, sigma, stn_cost, trial_options, seed=0, factor=1.0,
+                      grid_names=None, callback=None):
+    """Random or grid search at the cost of an STN run; random search optionally continued beyond it.
+
+    Parameters
+    ----------
+    kind : {"random", "grid"}
+    model : STNModel
+        Initial weights of every trial; holds the equal-cost winner's weights at the end.
+    hyper : HyperParameters
+        The STN's container: the same names and boxes are searched.
+    train, val, sigma
+        As for :func:`~varlearn.stn.train.train_stn`.
+    stn_cost : float
+        ``C_STN``, the STN run's cost (``result.cost``): the search runs
+        ``K = floor(C_STN / C_trial)`` trials (:mod:`varlearn.stn.baselines`).
+    trial_options : dict
+        Trainer options of one trial (``max_steps``/``max_epochs``, no budget or time limit).
+    factor : float >= 1
+        Random search only: continue with the next points of the same random
+        stream up to ``floor(factor * C_STN / C_trial)`` trials in all, for the
+        cost plot (the equal-cost answer is the best of the first ``K``).  A
+        grid is not continued (a larger grid is another grid).
+    grid_names : list of str, optional
+        The grid's axes (default: every hyperparameter).
+    callback : callable, optional
+        Called with every trial's dict.
+
+    Returns
+    -------
+    dict
+        ``equal`` (the :class:`~varlearn.stn.baselines.SearchResult` at
+        ``C_STN``), ``trials`` and ``curve`` (all trials, continued ones
+        included; ``curve`` as in ``SearchResult``), ``k_equal`` (K), ``wall_time``.
+    """
+    if kind not in ("random", "grid"):
+        raise ValueError(f"kind must be 'random' or 'grid', got {kind!r}")
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 1):
+        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
+    init = {k: model.xp.array(v, copy=True) for k, v in model.state().items()}
+    kw = {"sigma": sigma, "budget": float(stn_cost), "trial_options": trial_options, "seed": seed,
+          "callback": callback}
+    if kind == "grid":
+        eq = grid_search(model, hyper, train, val, names=grid_names, **kw)
+    else:
+        eq = random_search(model, hyper, train, val, **kw)
+    won = {k: model.xp.array(v, copy=True) for k, v in model.state().items()}
+    trials = list(eq.trials)
+    curve = {k: list(v) for k, v in eq.curve.items()}
+    wall = eq.wall_time
+    if kind == "random" and factor > 1:
+        k_all = n_trials(float(factor) * stn_cost, eq.trial_cost)
+        # the stream random_search draws its points from (baselines.random_search); checked against its trials
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        points = sample_random(hyper, k_all, rng)
+        same = all(math.isclose(points[i][k], v, rel_tol=1e-9, abs_tol=1e-12) or k == "augment"
+                   for i, t in enumerate(trials) for k, v in t["values"].items())
+        if not same:
+            raise RuntimeError("the continued random search does not reproduce the points of random_search")
+        for i in range(len(trials), k_all):
+            model.load_state(init)
+            r = train_fixed(model, hyper, points[i], train, val, sigma=sigma, options=trial_options, seed=seed)
+            t = {"index": i, "values": r.hyper, "val_loss": r.best["val_loss"], "val_psnr": r.best["val_psnr"],
+                 "final_val_loss": r.final_val_loss, "final_val_psnr": r.final_val_psnr, "cost": r.cost,
+                 "wall_time": r.wall_time, "status": r.status, "continued": True}
+            trials.append(t)
+            wall += r.wall_time
+            best = min(trials, key=lambda x: x["val_loss"])
+            for key, v in (("cost", curve["cost"][-1] + r.cost), ("time", curve["time"][-1] + r.wall_time),
+                           ("best_val_loss", best["val_loss"]), ("best_val_psnr", best["val_psnr"])):
+                curve[key].append(v)
+            if callback is not None:
+                callback(t)
+    model.load_state(won)
+    return {"equal": eq, "trials": trials, "curve": curve, "k_equal": eq.n_trials, "wall_time": wall}
+
+
+def compare_at_equal_cost(make, train, val, test_clean, test_noisy, *, sigma, options, seed=0, factor=1.0,
+                          grid_names=("noise",), tune=DEFAULT_TUNE, log=None):
+    """One STN run against random and grid search at its cost, all evaluated on the same test images.
+
+    Parameters
+    ----------
+    make : callable
+        ``make(n_hyper)`` returns a fresh model with the same initial weights every call.
+    train, val : lists of 2-D arrays
+        Clean training and validation images (model's namespace), split by image.
+    test_clean, test_noisy : host stacks
+        The test images and their noisy versions (fixed noise).
+    sigma : float
+        Target noise level.
+    options : dict
+        Trainer options of the STN run (with ``max_steps`` or ``max_epochs``);
+        a trial of the searches uses the same options and length.
+    factor : float
+        Extend the searches to ``factor`` times the STN cost (for the cost plot).
+    log : callable, optional
+        ``log(line)`` for progress lines.
+
+    Returns
+    -------
+    dict
+        ``stn``, ``random``, ``grid``: ``val_psnr``, ``values`` (λ), ``test``
+        (:func:`quality` without the images), ``cost``; the STN entry adds
+        ``history``, ``wall_time``, ``n_steps``, the search entries ``n_trials``,
+        ``trial_cost``, ``trials`` and ``curve`` (of the extended search).
+    """
+    from .train import train_stn  # noqa: PLC0415
+
+    log = log or (lambda line: None)
+    hyper = make_hyper(tune)
+    model = make(hyper.n)
+    r = train_stn(model, hyper, train, val, sigma=sigma, options={**options, "restore_best": True}, seed=seed)
+    h_best = hyper_at_row(hyper, r.best)
+    q, _ = quality(model, h_best, test_clean, test_noisy)
+    out = {"stn": {"val_psnr": r.best["val_psnr"], "values": h_best.values(), "final_values": r.hyper,
+                   "cost": r.cost, "wall_time": r.wall_time, "n_steps": r.n_steps, "n_hyper_steps": r.n_hyper_steps,
+                   "status": r.status, "noisy_val_psnr": r.noisy_psnr, "history": r.history, "test": q}}
+    log(f"STN: val {r.best['val_psnr']:.3f} dB test {q['psnr_mean']:.3f} dB (noisy {q['noisy_psnr_mean']:.2f}) "
+        f"λ {h_best.values()} cost {r.cost:.4g} in {r.wall_time:.1f} s")
+    trial = {k: v for k, v in options.items() if k not in ("budget", "time_limit")}
+    trial["max_steps"] = r.n_steps
+    for kind in ("random", "grid"):
+        model = make(hyper.n)
+        s = equal_cost_search(kind, model, make_hyper(tune), train, val, sigma=sigma, stn_cost=r.cost,
+                              trial_options=trial, seed=seed, factor=factor,
+                              grid_names=list(grid_names) if kind == "grid" else None)
+        eq = s["equal"]
+        entry = {"n_trials": eq.n_trials, "trial_cost": eq.trial_cost, "budget": r.cost, "trials": s["trials"],
+                 "curve": s["curve"], "wall_time": s["wall_time"], "cost": eq.total_cost}
+        if eq.best is not None:
+            q, _ = quality(model, make_hyper(tune), test_clean, test_noisy, values=eq.best["values"])
+            best_all = min(s["trials"], key=lambda x: x["val_loss"])
+            entry.update(val_psnr=eq.best["val_psnr"], values=eq.best["values"], test=q,
+                         continued_best_val_psnr=best_all["val_psnr"])
+            log(f"{kind} search: {eq.n_trials} trial(s) at equal cost, val {eq.best['val_psnr']:.3f} dB test "
+                f"{q['psnr_mean']:.3f} dB λ {eq.best['values']}; best of {len(s['trials'])} trial(s): "
+                f"val {best_all['val_psnr']:.3f} dB")
+        else:
+            entry.update(val_psnr=math.nan, values=None, test=None)
+            log(f"{kind} search: no trial fits in the STN cost")
+        out[kind] = entry
+    return out
+
+
+def mean_std(values):
+    """``{"mean", "std", "n", "values"}`` of finite numbers (std with ``ddof=0``; NaN when empty)."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    a = np.array(v, dtype=float)
+    return {"mean": float(a.mean()) if v else math.nan, "std": float(a.std()) if v else math.nan, "n": len(v),
+            "values": v}
+
+
+def quality(model, hyper, clean, noisy, *, values=None):
+    """Denoise ``noisy`` (host stacks) with the model at λ; returns the image quality and the denoised stack.
+
+    ``{"psnr_mean", "psnr_batch", "ssim_mean", "clipped", "noisy_psnr_mean",
+    "psnr_per_image"}`` (:func:`varlearn.evaluation.image_quality`, estimate
+    clipped to [0, 1]) and the denoised images (host, float64).
+    """
+    xp = model.xp
+    den = []
+    for y in noisy:
+        den.append(to_numpy(denoise_stn(to_device(np.asarray(y), xp), model, hyper, values=values)))
+    den = np.stack(den).astype(np.float64)
+    clean = np.asarray(clean, dtype=np.float64)
+    q = image_quality(den, clean)
+    q["psnr_per_image"] = [float(v) for v in psnr_per_image(np.clip(den, 0, 1), clean)]
+    q["noisy_psnr_mean"] = float(np.mean(psnr_per_image(np.asarray(noisy, dtype=np.float64), clean)))
+    return q, den
+
+
+# ---------------------------------------------------------------------------- figures
+def _figure(width, height):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    buf = _bytesio.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_val_psnr(history, path, noisy_psnr=None):
+    """Validation PSNR (unperturbed λ, fixed crops) against wall time, with its running best."""
+    t = np.array([r["time"] for r in history], dtype=float)
+    v = np.array([r["val_psnr"] for r in history], dtype=float)
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ax.plot(t, v, "o-", ms=3, label="validation PSNR")
+    ax.plot(t, np.maximum.accumulate(v), "--", label="best so far")
+    if noisy_psnr is not None:
+        ax.axhline(noisy_psnr, color="gray", lw=1, label=f"noisy input ({noisy_psnr:.2f} dB)")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_schedules(histories, path):
+    """Hyperparameter trajectories against weight steps; ``histories`` maps a label to history rows."""
+    if isinstance(histories, list):
+        histories = {"": histories}
+    names = [k for k in HYPER_SPECS if any(k in h[0] for h in histories.values() if h)]
+    fig = _figure(4.2 * max(len(names), 1), 3.4)
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), j + 1)
+        for label, rows in histories.items():
+            if rows and name in rows[0]:
+                ax.plot([r["step"] for r in rows], [r[name] for r in rows], label=label or None)
+        if HYPER_SPECS[name]["transform"] == "log":
+            ax.set_yscale("log")
+        ax.set_xlabel("weight step")
+        ax.set_title({"noise": "noise: a, sigma_train = sigma exp(a)"}.get(name, name), fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(histories) > 1 and j == 0:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_cost(curves, path, *, x="cost", stn_cost=None, title=None):
+    """Best validation PSNR so far against cost (or seconds, ``x="time"``) for every method.
+
+    ``curves`` maps a label to ``(xs, best_psnr)`` arrays, drawn as staircases;
+    ``stn_cost`` draws the equal-cost line.
+    """
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    for label, (xs, ys) in curves.items():
+        ax.step(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), where="post", label=label)
+    if stn_cost is not None:
+        ax.axvline(stn_cost, color="gray", ls=":", lw=1, label="cost of the STN run")
+    ax.set_xlabel("cost (pixel passes)" if x == "cost" else "wall time (s)")
+    ax.set_ylabel("best validation PSNR so far (dB)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def stn_curve(history, x="cost"):
+    """``(xs, best PSNR so far)`` of an STN history (for :func:`plot_cost`)."""
+    cost, t, best = best_so_far(history)
+    return (cost if x == "cost" else t), best
