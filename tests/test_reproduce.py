@@ -60,6 +60,15 @@ def _figures_exist(out, metrics):
     assert not list(out.glob("*.tmp*"))  # figures are written through a temporary file and renamed
 
 
+def _run(name, tmp_path, args, figures=True):
+    """Run ``scripts/<name>.py`` with ``args`` and ``--out tmp_path``; its metrics (figures checked)."""
+    assert _load(name).main([*args, "--out", str(tmp_path)]) == 0
+    m = _metrics(tmp_path)
+    if figures:
+        _figures_exist(tmp_path, m)
+    return m
+
+
 def _check_certified(run):
     cd = run["certified_decrease"]
     assert cd["checked"] >= 1, run["label"]
@@ -73,11 +82,8 @@ def _by_label(metrics, prefix):
 # ---------------------------------------------------------------------- quadratic
 @pytest.mark.slow
 def test_quadratic_quick(tmp_path, capsys):
-    mod = _load("reproduce_quadratic")
-    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    m = _run("reproduce_quadratic", tmp_path, ["--quick"])
     assert "quadratic (well)" in capsys.readouterr().out
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
     assert m["conditioning"] == "well" and m["quick"] is True
     assert m["cond_f"] == pytest.approx(9.0, rel=1e-6)
     maid = _by_label(m, "MAID")
@@ -101,10 +107,7 @@ def test_quadratic_quick(tmp_path, capsys):
 
 def test_quadratic_smoke(tmp_path):
     """Default-run version of test_quadratic_quick: one accuracy, 120 outer iterations."""
-    mod = _load("reproduce_quadratic")
-    assert mod.main(["--quick", "--eps", "0.1", "--max-iter", "120", "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
+    m = _run("reproduce_quadratic", tmp_path, ["--quick", "--eps", "0.1", "--max-iter", "120"])
     maid, fixed = m["runs"]
     assert maid["label"] == "MAID ε0=δ0=0.1" and fixed["label"] == "fixed ε=δ=0.1"
     assert maid["dist"] <= 1e-4 and maid["iter_dist_1e-4"] <= 120     # the closed-form optimum is reached
@@ -118,10 +121,7 @@ def test_quadratic_smoke(tmp_path):
 @needs_kodak
 @pytest.mark.slow
 def test_tv_quick(tmp_path):
-    mod = _load("reproduce_tv")
-    assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
+    m = _run("reproduce_tv", tmp_path, ["--quick", "--data-dir", str(DATA)])
     assert "landscape" in m["figures"]
     assert m["scale"]["n_images"] == 4 and m["scale"]["size"] == 32
     f_star = m["f_star"]
@@ -144,10 +144,7 @@ def test_tv_quick(tmp_path):
 @needs_kodak
 @pytest.mark.slow
 def test_tv_heldout_quick(tmp_path):
-    mod = _load("reproduce_tv")
-    assert mod.main(["--quick", "--heldout", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
+    m = _run("reproduce_tv", tmp_path, ["--quick", "--heldout", "--data-dir", str(DATA)])
     h = m["heldout_eval"]
     assert h["train_indices"] == [0, 1] and h["test_indices"] == [2, 3]
     learned = next(iter(h["learned_tv"].values()))
@@ -170,11 +167,8 @@ def test_tv_rejects_bad_run_token(token, capsys, tmp_path):
 @needs_kodak
 def test_tv_smoke(tmp_path):
     """Default-run version of test_tv_quick: 2 images 16x16, one MAID run from a too large ε0, no grid."""
-    mod = _load("reproduce_tv")
-    assert mod.main(["--quick", "--no-grid", "--n-images", "2", "--size", "16", "--runs", "maid:1e1:1e2",
-                     "--budget", "1500", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
+    m = _run("reproduce_tv", tmp_path, ["--quick", "--no-grid", "--n-images", "2", "--size", "16",
+                                        "--runs", "maid:1e1:1e2", "--budget", "1500", "--data-dir", str(DATA)])
     (r,) = m["runs"]
     assert r["token"] == "maid:1e1:1e2" and r["eps0"] == 10.0 and r["delta0"] == 100.0
     _check_certified(r)
@@ -186,13 +180,10 @@ def test_tv_smoke(tmp_path):
 @needs_kodak
 def test_foe_smoke(tmp_path, capsys):
     """Default-run version of test_foe_quick: MAID with and without the certificate, HOAG cubic, no TV."""
-    mod = _load("reproduce_foe")
-    assert mod.main(["--quick", "--methods", "maid", "maid-nobound", "hoag-cubic:0.05", "--no-tv",
-                     "--n-images", "1", "--heldout-indices", "0", "--size", "24", "--budget", "300",
-                     "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
+    m = _run("reproduce_foe", tmp_path, ["--quick", "--methods", "maid", "maid-nobound", "hoag-cubic:0.05",
+                                         "--no-tv", "--n-images", "1", "--heldout-indices", "0", "--size", "24",
+                                         "--budget", "300", "--data-dir", str(DATA)])
     assert "REDUCED SCALE" in capsys.readouterr().out
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
     maid, nob, hoag = m["runs"]
     assert [r["key"] for r in m["runs"]] == ["maid", "maid-nobound", "hoag-cubic"]
     assert nob["options"]["bound"] is False and maid["options"]["bound"] is True
@@ -231,11 +222,8 @@ def test_missing_data_is_one_line_and_leaves_nothing(script, extra, tmp_path, ca
 @needs_kodak
 @pytest.mark.slow
 def test_foe_quick(tmp_path, capsys):
-    mod = _load("reproduce_foe")
-    assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
+    m = _run("reproduce_foe", tmp_path, ["--quick", "--data-dir", str(DATA)])
     assert "REDUCED SCALE" in capsys.readouterr().out
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
     sc = m["scale"]
     assert sc["reduced"] is True and sc["n_filters"] == 4 and sc["filter_size"] == 3
     assert sc["n_params"] == 1 + 2 * 4 + 4 * 9
@@ -266,10 +254,7 @@ def test_foe_quick(tmp_path, capsys):
 @needs_mnist
 @pytest.mark.slow
 def test_mlr_quick(tmp_path):
-    mod = _load("reproduce_mlr")
-    assert mod.main(["--quick", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
-    _figures_exist(tmp_path, m)
+    m = _run("reproduce_mlr", tmp_path, ["--quick", "--data-dir", str(DATA)])
     assert m["split"] == "paper" and m["scale"]["n_lower"] == 1000 and m["scale"]["n_upper"] == 500
     assert [r["key"] for r in m["runs"]] == ["maid", "maid-nobound", "hoag-geometric", "hoag-quadratic",
                                              "hoag-cubic"]
@@ -291,11 +276,9 @@ def test_mlr_quick(tmp_path):
 @needs_mnist
 @pytest.mark.slow
 def test_mlr_holdout_split_quick(tmp_path):
-    mod = _load("reproduce_mlr")
-    assert mod.main(["--quick", "--split", "holdout", "--methods", "maid-nobound", "hoag-cubic",
-                     "--nobound-step0", "7.5", "--nobound-rho", "0.5",
-                     "--budget", "2000", "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
+    m = _run("reproduce_mlr", tmp_path, ["--quick", "--split", "holdout", "--methods", "maid-nobound",
+                                         "hoag-cubic", "--nobound-step0", "7.5", "--nobound-rho", "0.5",
+                                         "--budget", "2000", "--data-dir", str(DATA)], figures=False)
     assert m["split"] == "holdout"
     nob = m["runs"][0]
     assert nob["key"] == "maid-nobound" and nob["options"]["step0"] == 7.5 and nob["options"]["rho"] == 0.5
@@ -308,10 +291,8 @@ def test_mlr_holdout_split_quick(tmp_path):
 @pytest.mark.slow
 @needs_kodak
 def test_foe_quick_certificate_off(tmp_path):
-    mod = _load("reproduce_foe")
-    assert mod.main(["--quick", "--methods", "maid-nobound", "--no-tv", "--budget", "300",
-                     "--data-dir", str(DATA), "--out", str(tmp_path)]) == 0
-    m = _metrics(tmp_path)
+    m = _run("reproduce_foe", tmp_path, ["--quick", "--methods", "maid-nobound", "--no-tv", "--budget", "300",
+                                         "--data-dir", str(DATA)], figures=False)
     (r,) = m["runs"]
     assert r["key"] == "maid-nobound" and r["method"] == "maid" and r["options"]["bound"] is False
     assert m["tv_baseline"] is None and m["chambolle_baseline"] is None
