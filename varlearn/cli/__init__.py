@@ -76,7 +76,7 @@ from .errors import (
 __all__ = ["CliError", "SUBCOMMANDS", "build_parser", "main"]
 
 #: the subcommand modules of ``varlearn/cli/``, in the order ``varlearn --help`` lists them
-SUBCOMMANDS = ("learn", "denoise", "info")
+SUBCOMMANDS = ("learn", "denoise", "stn", "info")
 
 
 def build_parser():

@@ -10,6 +10,7 @@ from .. import datasets, io
 from .._io import atomic_write_bytes
 from ..backend import to_device, to_numpy
 from ..problems import DenoisingProblem
+from . import stn
 from .common import add_threads_argument, check_backend, thread_limit
 from .data import cli_words
 from .errors import EXIT_OK, CliError, Interrupted, warn
@@ -98,7 +99,7 @@ def _encode_png(img, bits):
 
 def _prepare(args):
     check_backend(args.backend)
-    loaded = io.load_params(args.params)
+    loaded = stn.load_denoiser(args.params, args.backend) if stn.is_stn(args.params) else io.load_params(args.params)
     if not (math.isfinite(args.tol) and args.tol > 0):
         raise CliError(f"--tol must be a positive number, got {args.tol}")
     if args.max_iter < 1:
@@ -116,7 +117,7 @@ def _prepare(args):
         if existing:
             raise CliError(f"--out: {existing[0]} exists ({len(existing)} output file(s) exist); "
                            f"use --overwrite to replace them")
-    need = io.min_image_size(loaded.model, loaded.model_config)
+    need = loaded.min_size if loaded.get("kind") == "stn" else io.min_image_size(loaded.model, loaded.model_config)
     images = []
     for f in files:
         img = datasets.load_image(f, as_gray=True, bit_depth=args.bit_depth)
@@ -142,12 +143,16 @@ def run(args):
 
 
 def _denoise_files(args, loaded, files, targets, images):
-    theta_dev = to_device(loaded.theta, args.backend)
+    theta_dev = None if loaded.get("kind") == "stn" else to_device(loaded.theta, args.backend)
     n_warn = 0
     try:
         with Progress(len(files), "denoise", enabled=not args.quiet, unit="image") as bar, \
                 compile_notice(enabled=not args.quiet, progress=bar):
             for i, (f, t, (img, bits)) in enumerate(zip(files, targets, images)):
+                if theta_dev is None:  # an STN network (varlearn stn): one forward pass
+                    atomic_write_bytes(t, _encode_png(stn.denoise_image(loaded, img, args.backend), bits))
+                    bar.update(i + 1, f"{f.name} -> {t.name} ({bits}-bit, STN)")
+                    continue
                 problem = DenoisingProblem(to_device(img, args.backend), loaded.regularizer)
                 r, messages = final_solve(problem, theta_dev, tol=args.tol, maxiter=args.max_iter)
                 for m in messages:
