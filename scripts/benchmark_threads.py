@@ -58,7 +58,7 @@ def foe(max_iter):
     return float(res.fun)
 
 
-WORKLOADS = {"snippet": (snippet, 30, 2), "foe": (foe, 15, 1)}
+WORKLOADS = {"snippet": (snippet, 30, 2), "foe": (foe, 10, 1)}
 
 
 def apply_setting(spec):

@@ -1,9 +1,32 @@
-"""Shared fixtures: the array backends (NumPy always, CuPy when usable, marked ``gpu``)."""
+"""Shared fixtures: the array backends, the accelerator switch, a seeded generator, the shared data.
+
+- ``xp``: NumPy always, CuPy when usable (the CuPy case is marked ``gpu`` and
+  skips cleanly, with the reason, without a usable GPU);
+- ``accel``: run a test with the fused kernels enabled and with the reference code;
+- ``rng``: a seeded ``numpy.random.RandomState``;
+- ``shared_data``: ``shared_data("kodak")`` is the local copy of a data set found
+  by :func:`varlearn.datasets.shared_data_dir` (``$VARLEARN_SHARED_DATA``, then
+  ``shared/data`` in or beside the source tree and the current folder); the test
+  skips, naming the variable to set, when there is none.
+
+With ``VARLEARN_EXPECT_INSTALLED=1`` (set by ``.ci/run``) the session fails at
+once unless varlearn is imported from an installed copy (``site-packages``),
+so that CI cannot silently test a source tree.
+"""
+import os
+
 import numpy as np
 import pytest
 
+import varlearn
 from varlearn import _accel
 from varlearn.backend import cupy_unusable_reason, cupy_usable
+from varlearn.datasets import shared_data_dir
+
+
+def pytest_configure(config):
+    if os.environ.get("VARLEARN_EXPECT_INSTALLED") == "1" and "site-packages" not in varlearn.__file__:
+        raise pytest.UsageError(f"VARLEARN_EXPECT_INSTALLED=1 but varlearn was imported from {varlearn.__file__}")
 
 
 def _backends():
@@ -35,3 +58,17 @@ def accel(request):
 @pytest.fixture
 def rng():
     return np.random.RandomState(20261127)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data(name)``: the folder of a shared data set, or skip the test saying how to provide it."""
+
+    def find(name):
+        path = shared_data_dir(name)
+        if path is None:
+            pytest.skip(f"shared data set {name!r} not found: set VARLEARN_SHARED_DATA to a folder "
+                        f"holding {name}/ (see varlearn.datasets.shared_data_dir)")
+        return path
+
+    return find

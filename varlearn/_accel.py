@@ -25,16 +25,24 @@ positive integer:
   initial setting.
 
 ``n`` threads means: the numba kernels run on ``n`` threads, BLAS and OpenMP
-on ``n`` threads.  ``"auto"`` uses the cores that other processes leave idle
-(at least one): the usable cores (CPU affinity and the cgroup CPU quota) minus
-the CPU time other processes used, rounded to whole cores.  On Linux the load
-is measured from ``/proc`` (the runnable threads of other processes at the
-first use, then the busy time of all cores minus this process's own CPU time,
+on ``n`` threads.  ``"auto"`` runs the kernels on the cores that other
+processes leave idle (at least one) and BLAS / OpenMP on one thread.  The idle
+cores are the usable cores (CPU affinity and the cgroup CPU quota) minus the
+CPU time other processes use, rounded to whole cores.  On Linux the load is
+measured from ``/proc`` (the runnable threads of other processes at the first
+use, then the busy time of all cores minus this process's own CPU time,
 re-evaluated at most every :data:`REFRESH_SECONDS` while varlearn computes);
-elsewhere from the 1-minute load average.  Why: the parallel kernels wait for
-their slowest thread, so a thread placed on a core that another job keeps busy
-makes every call many times slower, and multithreaded BLAS calls stall the same
-way.
+elsewhere from the 1-minute load average.
+
+Why one BLAS thread: OpenBLAS threads spin-wait between calls and wait for
+each other inside a call, so on a machine where another job keeps a core busy,
+or next to the kernel threads, multithreaded BLAS made the runs of this
+package 5-20x slower (``scripts/benchmark_threads.py``: a FoE run 172 s with
+two BLAS threads, 11-15 s with one), while the gain it can bring on an idle
+machine is at most the number of cores on the BLAS part of the work.  The
+kernel threads sleep while they wait and share the work out dynamically (a
+thread slowed by another job does less of it), so a wrong guess of the idle
+cores costs little.  Ask for ``n`` explicitly to give BLAS ``n`` threads.
 
 The limits are applied the first time varlearn computes (any call that looks
 up the array backend) and stay in force for the process; ``set_threads``
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import logging
 import math
 import os
@@ -267,7 +276,7 @@ def _resolve(force=False):
                      n, setting, _state["others"])
     _state["threads"] = n
     # applied on every evaluation: libraries loaded since the last one get capped too
-    _apply_blas(n)
+    _apply_blas(1 if setting == "auto" else n)
     return n
 
 
@@ -337,6 +346,7 @@ def thread_info() -> dict:
 
 # ---------------------------------------------------------------------- kernel thread pool
 _pool = {"executor": None, "size": 0, "pid": None}
+_PARTS_PER_THREAD = 2
 
 
 def _executor(workers):
@@ -352,22 +362,34 @@ def _executor(workers):
 
 
 def run_chunks(kernel, n_chunks, args, n_threads=None):
-    """Call ``kernel(*args, c0, c1)`` on contiguous ranges of ``range(n_chunks)`` in parallel.
+    """Call ``kernel(*args, c0, c1)`` over ``range(n_chunks)`` in parallel, each chunk exactly once.
 
     ``kernel`` must release the GIL (numba ``nogil=True``) and write only its
-    own chunks' outputs.  ``n_threads`` defaults to :func:`get_threads`; the
-    calling thread runs the first range itself.
+    own chunks' outputs.  ``n_threads`` defaults to :func:`get_threads`.  The
+    chunks are cut into ``_PARTS_PER_THREAD`` contiguous parts per thread that
+    the threads (the calling one included) take in turn, so a thread that
+    shares its core with another job does less of the work instead of holding
+    up the call; threads waiting for work sleep (nothing spins).
     """
     n = get_threads() if n_threads is None else int(n_threads)
     n = max(1, min(n, n_chunks))
     if n == 1:
         kernel(*args, 0, n_chunks)
         return
-    bounds = [(i * n_chunks) // n for i in range(n + 1)]
+    n_parts = min(n_chunks, _PARTS_PER_THREAD * n)
+    bounds = [(i * n_chunks) // n_parts for i in range(n_parts + 1)]
+    counter = itertools.count()  # next() on it is atomic under the GIL
+
+    def work():
+        for i in iter(counter.__next__, None):
+            if i >= n_parts:
+                return
+            kernel(*args, bounds[i], bounds[i + 1])
+
     ex = _executor(n - 1)
-    futures = [ex.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    futures = [ex.submit(work) for _ in range(n - 1)]
     try:
-        kernel(*args, bounds[0], bounds[1])
+        work()
     finally:
         for f in futures:
             f.result()
