@@ -559,3 +559,19 @@ def test_retrain_following_the_logged_schedule(tiny_full):
     # an evaluation at step s > 0 sees the λ of the segment just trained (the last row before s)
     for row in r.history[1:]:
         assert row["u_noise"] == [x for x in rows if x["step"] < row["step"]][-1]["u_noise"]
+
+
+def test_patches_from_a_list_of_images_of_different_sizes():
+    from varlearn.stn._trainutil import Samples
+
+    imgs = [synth_images(1, 30, 5)[0][:20], synth_images(1, 25, 6)[0]]
+    s = Samples(imgs, "train_images", np, np.float32)
+    assert s.mode == "image" and s.stack is None and s.min_side() == 20
+    for p in s.sample(np.random.default_rng(0), 40, 12):
+        hits = [img for img in imgs for a in range(img.shape[0] - 11) for b in range(img.shape[1] - 11)
+                if np.array_equal(img[a:a + 12, b:b + 12], p)]
+        assert hits
+    with pytest.raises(ValueError, match="patch_size=21.*20"):
+        s.check_patch(21, "patch_size")
+    stacked = Samples([imgs[1], imgs[1]], "val_images", np, np.float32)
+    assert stacked.stack is not None and stacked.stack.shape == (2, 25, 25)

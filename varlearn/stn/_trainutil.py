@@ -151,8 +151,6 @@ class Samples:
             if not data:
                 raise ValueError(f"{name} must hold at least one image, got an empty list")
             arrays = list(data)
-            if all(getattr(a, "ndim", 0) == 2 for a in arrays) and len({tuple(a.shape) for a in arrays}) == 1:
-                arrays = [xp.stack(arrays)]
         else:
             arrays = [data]
         for a in arrays:
@@ -164,6 +162,8 @@ class Samples:
                                  f"{getattr(a, 'dtype', None)}")
             if not bool(xp.isfinite(a).all()):
                 raise ValueError(f"{name} contains NaN or Inf")
+        if len(arrays) > 1 and all(a.ndim == 2 for a in arrays) and len({tuple(a.shape) for a in arrays}) == 1:
+            arrays = [xp.stack(arrays)]
         self.name = name
         self.xp, self.dtype = xp, dtype
         if len(arrays) == 1 and arrays[0].ndim == 2 and not isinstance(data, (list, tuple)):

@@ -213,7 +213,7 @@ class STNTrainer:
         return loss
 
     def evaluate(self):
-        """Validation at the unperturbed ``u``: ``(val_loss, val_psnr, per-crop MSEs)`` on the fixed crops."""
+        """Validation at the unperturbed ``u``: ``(val_loss, val_psnr, per-crop MSEs)`` on the fixed crops (costed)."""
         o = self.options
         pers = []
         for s in range(0, self.eval_clean.shape[0], o["eval_batch_size"]):
@@ -360,7 +360,8 @@ class STNTrainer:
         """Cost of this run from the current state to its step/epoch limit, counted without training.
 
         Only for runs that end on ``max_steps`` or ``max_epochs`` (a cost
-        budget or time limit makes the length unknown); ``ValueError`` otherwise.
+        budget or time limit makes the length unknown, and may stop the run
+        earlier than planned); ``ValueError`` otherwise.
         """
         o = self.options
         if o["max_steps"] is None and o["max_epochs"] is None:
