@@ -175,3 +175,17 @@ def test_compile_notice_once_and_only_when_compiling(tmp_path):
     # the second process loads the kernels from the on-disk cache: no compile, no notice
     assert _accel.COMPILE_NOTICE not in warm["records"]
     assert warm["stages"] == []
+
+
+def test_auto_does_not_override_a_callers_blas_limit(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(_accel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(_accel, "_others_load", lambda now: 0.0)
+    vl.set_threads("auto")
+    assert blas_threads() == [1]
+    with threadpool_limits(limits=3, user_api="blas"):
+        _accel._state["next_check"] = 0.0  # a re-evaluation is due
+        assert vl.get_threads() == 2
+        assert blas_threads() == [3]
+    assert blas_threads() == [1]

@@ -139,6 +139,7 @@ _state = {
     "setting": None,      # "auto" or an int; None until read from VARLEARN_THREADS
     "threads": None,      # kernel threads in effect
     "blas": None,         # BLAS / OpenMP threads applied through threadpoolctl
+    "blas_key": None,     # (threads, loaded libraries) of the last application
     "next_check": 0.0,    # time.monotonic() of the next auto re-evaluation
     "sample": None,       # (wall, busy seconds of all cores, own CPU seconds) for the next delta
     "others": 0.0,        # CPU (in cores) used by other processes at the last evaluation
@@ -252,12 +253,21 @@ def _auto_threads(now):
 
 
 def _apply_blas(n):
-    """Cap the BLAS and OpenMP pools of the loaded libraries at ``n`` threads."""
+    """Cap the BLAS and OpenMP pools of the loaded libraries at ``n`` threads.
+
+    Only when ``n`` or the set of loaded libraries changed since the last call,
+    so that a ``threadpoolctl.threadpool_limits`` block of the caller is not
+    overridden while the setting stays the same.
+    """
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - a declared dependency
         return
-    threadpool_limits(limits=n)
+    controller = ThreadpoolController()
+    key = (n, tuple(sorted(lib.filepath for lib in controller.lib_controllers)))
+    if key != _state["blas_key"]:
+        controller.limit(limits=n)
+        _state["blas_key"] = key
     _state["blas"] = n
 
 
@@ -315,6 +325,7 @@ def set_threads(n="auto"):
     with _lock:
         old = _setting()
         _state["setting"] = value
+        _state["blas_key"] = None  # an explicit call always (re)applies the BLAS cap
         _resolve(force=True)
     return old
 
