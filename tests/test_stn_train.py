@@ -388,6 +388,8 @@ def test_trials_count_and_grid():
     r = sample_random(hy, 400, np.random.default_rng(0))
     lw = np.log10([p["weight_decay"] for p in r])
     assert lw.min() >= -6 and lw.max() <= -2 and abs(np.median(lw) + 4) < 0.3  # log-uniform
+    r5 = sample_random(hy, 5, np.random.default_rng(0))
+    assert r5 == r[:5]  # prefix property: a larger budget continues the same sequence of points
     with pytest.raises(ValueError, match="'noise'.*box"):
         sample_random(HyperParameters([Hyperparameter("noise", 0.0)]), 1, np.random.default_rng(0))
 

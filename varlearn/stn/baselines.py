@@ -241,6 +241,9 @@ def random_search(model, hyper, train_images, val_images, *, sigma, budget, tria
         no ``budget``/``time_limit``.
     seed : int
         Seeds the sampled points and (the same for all) the trials' training.
+        The points are drawn one after the other from one stream, so a larger
+        budget runs the same first trials and then more (prefix property): a
+        search at ``f * C_STN`` contains the equal-cost search.
     callback : callable, optional
         Called with each trial's dict; returning True stops the search.
 
