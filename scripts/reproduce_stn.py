@@ -32,9 +32,9 @@ from varlearn.datasets import builtin_images, kodak
 from varlearn.evaluation import chambolle_baseline, evaluate_theta
 from varlearn.stn import experiment as X
 
-FULL = {"size": 128, "n_train": 20, "n_val": 4, "sigmas": "15,25,50", "seeds": 3, "steps": 240, "depth": 5,
+FULL = {"size": 128, "n_train": 20, "n_val": 4, "sigmas": "15,25,50", "seeds": 3, "steps": 120, "depth": 5,
         "channels": 16, "batch_size": 16, "patch_size": 32, "val_patch_size": 48, "test_builtin": "camera,moon,coins,"
-        "astronaut,coffee,chelsea", "factor": 2.0, "tv_budget": 3000.0}
+        "astronaut,coffee,chelsea", "factor": 1.5, "tv_budget": 3000.0}
 QUICK = {"size": 48, "n_train": 3, "n_val": 1, "sigmas": "25", "seeds": 2, "steps": 40, "depth": 3, "channels": 6,
          "batch_size": 4, "patch_size": 16, "val_patch_size": 24, "test_builtin": "camera,moon", "factor": 2.0,
          "tv_budget": 200.0}
@@ -89,7 +89,7 @@ def main(argv=None):
     val = [vl.backend.to_device(pool[i].astype(np.float32), xp) for i in va]
     options = {"batch_size": args.batch_size, "patch_size": args.patch_size, "val_batch_size": 8,
                "val_patch_size": args.val_patch_size, "n_eval": 32 if not args.quick else 4,
-               "max_steps": args.steps, "eval_every": max(1, args.steps // 12), "lr": 1e-3, "hyper_lr": 3e-2}
+               "max_steps": args.steps, "eval_every": max(1, args.steps // 8), "lr": 1e-3, "hyper_lr": 3e-2}
     scale = {k: getattr(args, k) for k in FULL} | {"train_images": [pool_names[i] for i in tr],
                                                   "val_images": [pool_names[i] for i in va], "test_images": test_names,
                                                   "options": options, "full": FULL, "reduced": True}
