@@ -12,10 +12,12 @@ from ..backend import get_namespace, to_device, to_numpy
 KNOWN_HYPER = {
     "noise": "log ratio a of the training-noise level, sigma_train = sigma * exp(a) (any real)",
     "weight_decay": "weight-decay factor kappa >= 0 times model.decay() (1/2 sum of squared kernels)",
-    "dropout": "per-example channel-dropout rate p in [0, 1)",
+    "dropout": "per-example channel-dropout rate p in [0, 0.95]",
     "augment": "number k in 0..7 of dihedral transforms allowed: each patch gets one of the first k+1 "
                "(identity, rot90, rot180, rot270, transpose, and the transpose of the rotations)",
 }
+#: dropout rates are capped below 1 (the STN code uses 0.9 or 0.95)
+MAX_DROPOUT = 0.95
 FIXED_DEFAULTS = {"noise": 0.0, "weight_decay": 0.0, "dropout": 0.0, "augment": 0}
 
 DEFAULTS = {
@@ -116,8 +118,8 @@ def _validate_fixed(fixed, hyper):
             out[name] = _real(v, "fixed['weight_decay']", strict=False)
         elif name == "dropout":
             out[name] = _real(v, "fixed['dropout']", strict=False)
-            if out[name] >= 1:
-                raise ValueError(f"fixed['dropout'] must lie in [0, 1), got {v!r}")
+            if out[name] > MAX_DROPOUT:
+                raise ValueError(f"fixed['dropout'] must lie in [0, {MAX_DROPOUT}], got {v!r}")
         else:
             out[name] = _int(v, "fixed['augment']", 0)
             if out[name] > 7:
@@ -132,8 +134,9 @@ def _check_spec(s):
                          + "; ".join(f"{k}: {v}" for k, v in KNOWN_HYPER.items()))
     if name == "weight_decay" and s.lo < 0:
         raise ValueError(f"hyperparameter 'weight_decay': range must have lo >= 0, got {(s.lo, s.hi)!r}")
-    if name == "dropout" and (s.lo < 0 or s.hi > 1):
-        raise ValueError(f"hyperparameter 'dropout': range must lie in [0, 1], got {(s.lo, s.hi)!r}")
+    if name == "dropout" and (s.lo < 0 or s.hi > MAX_DROPOUT):
+        raise ValueError(f"hyperparameter 'dropout': range must lie in [0, {MAX_DROPOUT}] (rates are capped "
+                         f"below 1), got {(s.lo, s.hi)!r}")
     if name == "augment" and (not s.discrete or s.lo < 0 or s.hi > 8):
         raise ValueError(f"hyperparameter 'augment' must be discrete with a range inside [0, 8], "
                          f"got discrete={s.discrete}, range {(s.lo, s.hi)!r}")

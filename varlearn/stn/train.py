@@ -12,10 +12,15 @@ stay at ``options["fixed"]``):
 ``weight_decay``
     ``kappa`` in ``kappa * model.decay()`` added to the training loss (mean over the batch);
 ``dropout``
-    per-example channel-dropout rate passed to ``model.forward``;
+    per-example channel-dropout rate passed to ``model.forward`` (range within [0, 0.95]);
 ``augment``
     discrete ``k`` in 0..7: each training patch gets one of the first ``k + 1``
     dihedral transforms, uniformly (image data only).
+
+Suggested specs: ``Hyperparameter("noise", 0.0, (-1.5, 1.5), transform="identity")``,
+``Hyperparameter("weight_decay", 1e-4, (1e-8, 1e-1), transform="log", per_example=False)``,
+``Hyperparameter("dropout", 0.05, (0, 0.5))``,
+``Hyperparameter("augment", 3.5, (0, 8), discrete=True)``.
 
 Cost
 ----
