@@ -19,6 +19,11 @@ Times, in one run and with the same number of threads for both libraries
   ``K_e + diag(g_w) K_h``, as one grouped convolution, which is what varlearn
   computes); the "vs torch" column of the step divides by the faster of the
   two.  For context, a plain (ungated) DnCNN of the same depth and width in PyTorch;
+* with ``--methods``, alternatives for the forward correlation ``C -> 2C``
+  on the padded layout: per-tap GEMMs with accumulation (whole batch, blocks),
+  one im2col + one GEMM, the taps stacked along the outputs (one GEMM, shifted
+  sums), varlearn's blocked im2col + GEMM, and the per-example kernels
+  ``C -> C`` of the STN layer (half the outputs), beside PyTorch's;
 * memory over ``--steps`` varlearn training steps: traced Python/NumPy
   allocations (``tracemalloc``) alive after step 5 and after the last step,
   their peak, and the process RSS; a growth of the live allocations with the
@@ -33,7 +38,8 @@ it the PyTorch columns are empty.
 Usage::
 
     nice -n 10 python scripts/benchmark_stn.py [--threads 1] [--batch 32] [--size 40] [--depth 5]
-                                               [--channels 32] [--repeat 5] [--steps 50] [--quick] [--json PATH]
+                                               [--channels 32] [--repeat 5] [--steps 50] [--quick] [--methods]
+                                               [--json PATH]
 """
 from __future__ import annotations
 
@@ -127,16 +133,66 @@ def varlearn_step(args, rng):
 
 
 def memory_growth(step, n_steps):
+    """Traced allocations (KiB) alive after step 5 and after step ``n_steps``, their peak, and the RSS (MiB)."""
     tracemalloc.start()
     live = {}
     for i in range(1, n_steps + 1):
         step()
         if i in (5, n_steps):
-            live[i] = tracemalloc.get_traced_memory()[0] / 2 ** 20
-    peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+            live[i] = tracemalloc.get_traced_memory()[0] / 1024
+    peak = tracemalloc.get_traced_memory()[1] / 1024
     tracemalloc.stop()
-    return {"live_mib_after_5": live[5], f"live_mib_after_{n_steps}": live[n_steps], "peak_mib": peak,
+    return {"live_kib_after_5": live[5], f"live_kib_after_{n_steps}": live[n_steps], "peak_kib": peak,
             "max_rss_mib": _rss_mib()}
+
+
+def conv_methods(b, c, s, rng):
+    """Alternatives for the forward correlation ``c -> 2c`` on the padded layout (``--methods``)."""
+    geom = Geometry(b, s, s, 3)
+    x = to_padded(rng.standard_normal((b, c, s, s)).astype(np.float32), geom)
+    w = rng.standard_normal((2 * c, c, 3, 3)).astype(np.float32)
+    lo, hi, n, offs = geom.lo, geom.hi, geom.n, geom.offsets
+    taps = [np.ascontiguousarray(w[:, :, a, bb]) for a in range(3) for bb in range(3)]
+    wcol = np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(2 * c, 9 * c))
+
+    def per_tap(block=None):
+        y = np.empty((2 * c, n), np.float32)
+        step = block or (hi - lo)
+        tmp = np.empty((2 * c, step), np.float32)
+        for s0 in range(lo, hi, step):
+            e0 = min(hi, s0 + step)
+            yv = y[:, s0:e0]
+            np.matmul(taps[0], x[:, s0 + offs[0]:e0 + offs[0]], out=yv)
+            for t in range(1, 9):
+                np.matmul(taps[t], x[:, s0 + offs[t]:e0 + offs[t]], out=tmp[:, :e0 - s0])
+                yv += tmp[:, :e0 - s0]
+        return y
+
+    def im2col_full():
+        cols = np.empty((9, c, hi - lo), np.float32)
+        for t, d in enumerate(offs):
+            cols[t] = x[:, lo + d:hi + d]
+        y = np.empty((2 * c, n), np.float32)
+        np.matmul(wcol, cols.reshape(9 * c, -1), out=y[:, lo:hi])
+        return y
+
+    def taps_along_outputs(block=1024):
+        wst = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(9 * 2 * c, c))
+        y = np.empty((2 * c, n), np.float32)
+        for s0 in range(lo, hi, block):
+            e0 = min(hi, s0 + block)
+            z = (wst @ x[:, s0 - lo:e0 + lo]).reshape(9, 2 * c, -1)
+            yv = y[:, s0:e0]
+            yv[...] = z[0, :, lo + offs[0]:lo + offs[0] + e0 - s0]
+            for t in range(1, 9):
+                yv += z[t, :, lo + offs[t]:lo + offs[t] + e0 - s0]
+        return y
+
+    wper = np.ascontiguousarray(np.broadcast_to(w[None, :c], (b, c, c, 3, 3)))
+    return {"per-tap GEMMs, whole batch": per_tap, "per-tap GEMMs, blocks of 4096": lambda: per_tap(4096),
+            "im2col, one GEMM": im2col_full, "taps along the outputs": taps_along_outputs,
+            "im2col blocks (varlearn)": lambda: conv_padded(x, w, geom),
+            "per-example kernels c -> c (STN layer)": lambda: conv_padded(x, wper, geom)}
 
 
 # ---------------------------------------------------------------------------- torch
@@ -156,6 +212,12 @@ def torch_cases(args, rng):
     def conv():
         x.grad = w.grad = None
         F.conv2d(x, w, padding=1).backward(g)
+
+    w2 = torch.tensor(0.1 * rng.standard_normal((2 * c, c, 3, 3)), dtype=torch.float32)
+
+    def fwd2c():
+        with torch.no_grad():
+            F.conv2d(x, w2, padding=1)
 
     chans = [1] + [c] * (args.depth - 1) + [1]
     tr = np.random.default_rng(0)
@@ -221,8 +283,8 @@ def torch_cases(args, rng):
         F.mse_loss(noisy - a, clean).backward()
         opt_plain.step()
 
-    return {"conv": conv, "stn_step": stn_step, "stn_grouped_step": stn_grouped_step, "plain_step": plain_step,
-            "version": torch.__version__}
+    return {"conv": conv, "fwd2c": fwd2c, "stn_step": stn_step, "stn_grouped_step": stn_grouped_step,
+            "plain_step": plain_step, "version": torch.__version__}
 
 
 # ---------------------------------------------------------------------------- main
@@ -238,6 +300,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="batch 4, 2 repeats, 10 memory steps")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-torch", action="store_true", help="varlearn only")
+    ap.add_argument("--methods", action="store_true",
+                    help="also time alternative forward-convolution methods (C -> 2C outputs)")
     args = ap.parse_args(argv)
     if args.quick:
         args.batch, args.repeat, args.steps = 4, 2, 10
@@ -249,24 +314,29 @@ def main(argv=None):
         step, model = varlearn_step(args, rng)
         cases = {"conv fwd+bwd, varlearn NCHW": nchw, "conv fwd+bwd, varlearn padded": padded,
                  "STN step, varlearn": step}
-        tc = torch_cases(args, rng)
+        tc = None if args.no_torch else torch_cases(args, rng)
         if tc is not None:
             cases.update({"conv fwd+bwd, torch": tc["conv"], "STN step, torch stacked": tc["stn_step"],
                           "STN step, torch grouped": tc["stn_grouped_step"],
                           "plain DnCNN step, torch": tc["plain_step"]})
+        if args.methods:
+            cases.update({f"fwd conv {k}": f for k, f in conv_methods(args.batch, args.channels, args.size,
+                                                                        rng).items()})
+            if tc is not None:
+                cases["fwd conv C -> 2C, torch"] = tc["fwd2c"]
         rows = _interleaved(cases, args.repeat)
         mem = memory_growth(step, args.steps)
     shape = f"B={args.batch} C={args.channels} {args.size}x{args.size} depth={args.depth} float32"
     print(f"# {shape}, threads={args.threads}, torch {tc['version'] if tc else 'not installed'}, "
           f"model A weights: {model.n_weights}")
-    print(f"{'case':34s} {'seconds':>9s} {'vs torch':>9s}")
+    print(f"{'case':48s} {'seconds':>9s} {'vs torch':>9s}")
     stn_torch = [rows[k] for k in ("STN step, torch stacked", "STN step, torch grouped") if k in rows]
     ref = {"conv": rows.get("conv fwd+bwd, torch"), "STN": min(stn_torch) if stn_torch else None}
     for name, t in rows.items():
-        r = ref["conv" if name.startswith("conv") else "STN"]
+        r = ref["conv" if name.startswith("conv") else "STN"] if not name.startswith("fwd") else None
         ratio = f"{t / r:9.2f}" if r and "torch" not in name else f"{'':9s}"
-        print(f"{name:34s} {t:9.4f} {ratio}")
-    print("memory over steps (MiB): " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
+        print(f"{name:48s} {t:9.4f} {ratio}")
+    print("memory over steps: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"shape": shape, "threads": args.threads, "seconds": rows, "memory": mem}, f, indent=1)

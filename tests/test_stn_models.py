@@ -237,3 +237,20 @@ def test_bad_arguments_are_refused_by_name():
     lin = _small("linear")
     with pytest.raises(ValueError, match=r"y must have shape \(B, 5\)"):
         lin.forward(np.zeros((3, 4)), h)
+
+
+def test_benchmark_script_smoke_and_no_memory_growth():
+    """scripts/benchmark_stn.py at a tiny size: the live allocations do not grow with the number of steps."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "benchmark_stn.py"
+    spec = importlib.util.spec_from_file_location("benchmark_stn", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows, mem = mod.main(["--no-torch", "--batch", "2", "--size", "12", "--channels", "4", "--depth", "3",
+                          "--repeat", "1", "--steps", "12"])
+    assert set(rows) == {"conv fwd+bwd, varlearn NCHW", "conv fwd+bwd, varlearn padded", "STN step, varlearn"}
+    assert all(t > 0 for t in rows.values())
+    assert mem["peak_kib"] > 0
+    assert mem["live_kib_after_12"] - mem["live_kib_after_5"] < 0.05 * mem["peak_kib"], mem
