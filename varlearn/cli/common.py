@@ -8,8 +8,6 @@ import math
 import platform
 import sys
 
-import numpy as np
-
 from .. import __version__
 from ..backend import cupy_unusable_reason, cupy_usable
 from .errors import CliError
@@ -111,19 +109,19 @@ def thread_limit(spec, enabled=True):
 
 
 def versions(include_cupy=None) -> dict:
-    """Versions of Python and the packages varlearn uses (optional ones when present)."""
-    import matplotlib
-    import scipy
-    import skimage
+    """Versions of Python and the packages varlearn uses (``None`` for an optional one that is missing).
 
-    out = {"varlearn": __version__, "python": platform.python_version(), "numpy": np.__version__,
-           "scipy": scipy.__version__, "scikit-image": skimage.__version__, "matplotlib": matplotlib.__version__}
-    for name in ("imageio", "numba"):
+    Read from the installed distributions' metadata, so nothing is imported
+    (importing Matplotlib alone takes seconds on a busy machine).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"varlearn": __version__, "python": platform.python_version()}
+    for name in ("numpy", "scipy", "scikit-image", "matplotlib", "imageio", "numba"):
         try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            if name == "numba":
-                out[name] = None
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
     if include_cupy is None:
         include_cupy = "cupy" in sys.modules
     if include_cupy:

@@ -22,8 +22,7 @@ def run(args):  # noqa: ARG001
     v = versions(include_cupy=False)
     lines = [f"varlearn {v['varlearn']}", f"python {v['python']} ({platform.platform()})"]
     for name in ("numpy", "scipy", "scikit-image", "matplotlib", "imageio"):
-        if name in v:
-            lines.append(f"{name} {v[name]}")
+        lines.append(f"{name} {v[name]}" if v[name] else f"{name} not installed")
     if v.get("numba"):
         state = "enabled" if _accel.accelerated() else "disabled (VARLEARN_ACCEL=0)"
         lines.append(f"numba {v['numba']} (CPU kernels {state})")
