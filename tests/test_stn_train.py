@@ -221,6 +221,8 @@ def test_history_cost_and_hyperparameter_trajectories(tiny_full):
                       options=TINY).planned_cost() == pytest.approx(r.cost, rel=1e-12)
     # u frozen in the warm-up, moving afterwards; the history holds constrained values
     assert r.history[0]["u_noise"] == pytest.approx(0.2) and r.history[-1]["u_noise"] != pytest.approx(0.2)
+    assert r.history[0]["sigma_noise"] == pytest.approx(0.5) and r.history[-1]["sigma_noise"] != r.history[0][
+        "sigma_noise"]
     assert r.history[-1]["augment"] == int(math.floor(r.history[-1]["augment"])) and 0 <= r.history[-1]["augment"] <= 7
     assert r.history[-1]["weight_decay"] == pytest.approx(math.exp(r.history[-1]["u_weight_decay"]))
     assert r.hyper == hy.values() and o["warmup_steps"] == 6
@@ -439,6 +441,17 @@ def test_training_steps_use_the_perturbed_values_and_fixed_trials_the_exact_ones
     for h, d in train_calls:
         np.testing.assert_allclose(d, spec.to_constrained(h[:, 2]), rtol=1e-6)
         assert np.unique(h[:, 0]).size == 4 and np.unique(h[:, 1]).size == 1  # per example / per batch
+    hyper_calls = [h for h, d in rec.calls if d is None and h.shape[0] == 4]  # eval batches hold 6 crops
+    assert len(hyper_calls) == 3 and all(np.unique(h[:, 0]).size == 4 for h in hyper_calls)  # perturbed
+    rec_fixed_scale = Recorder(DnCNNSTN(4, depth=2, channels=4, rng=0))
+    hs = _all_four()
+    rho0 = hs.rho.copy()
+    r = train_stn(rec_fixed_scale, hs, TRAIN, VAL, sigma=0.1, seed=0,
+                  options={**TINY, "max_steps": 12, "warmup_steps": 4, "tune_scales": False})
+    hyper_calls = [h for h, d in rec_fixed_scale.calls if d is None and h.shape[0] == 4]
+    assert len(hyper_calls) == 3 and all(np.unique(h[:, 0]).size == 1 for h in hyper_calls)  # u itself
+    np.testing.assert_array_equal(hs.rho, rho0)
+    assert r.history[-1]["u_noise"] != r.history[0]["u_noise"]
     rec2 = Recorder(DnCNNSTN(4, depth=2, channels=4, rng=0))
     r = train_fixed(rec2, hy, hy.values(), TRAIN, VAL, sigma=0.1, options={**TINY, "max_steps": 6})
     assert r.n_hyper_steps == 0
