@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import varlearn as vl
-from varlearn.bilevel import CheckpointError, HISTORY_FIELDS, history_to_csv, load_checkpoint
+from varlearn.bilevel import HISTORY_FIELDS, CheckpointError, history_to_csv, load_checkpoint
 
 
 def well_conditioned_quadratic(seed=0, m=120, n=8):
