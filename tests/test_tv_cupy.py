@@ -242,13 +242,20 @@ def test_solve_lower_cupy_matches_numpy(cp, rng, iso):
     assert float(np.linalg.norm(g_ref)) / res.mu <= 1.01 * tol
 
 
-def test_solve_lower_cupy_float32_runs(cp, rng):
-    y = cp.asarray(rng.rand(2, 24, 20).astype(np.float32))
-    problem = vl.DenoisingProblem(y, vl.TotalVariation(isotropic=False))
+def test_solve_lower_cupy_float32_is_accurate(cp, rng):
+    y32 = rng.rand(2, 24, 20).astype(np.float32)
+    theta = np.array([math.log(0.1), math.log(0.1)])
+    tv = vl.TotalVariation(isotropic=False)
+    problem = vl.DenoisingProblem(cp.asarray(y32), tv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = vl.solve_lower(problem, cp.asarray(np.array([math.log(0.1), math.log(0.1)])), 1e-4)
-    assert res.success and res.x.dtype == cp.float32
+        res = vl.solve_lower(problem, cp.asarray(theta), 1e-4)
+    assert res.success and res.x.dtype == cp.float32 and res.distance_bound <= 1e-4
+    # against a tight float64 solution on the CPU: within the bound, plus float32 rounding
+    with accelerated(False):
+        ref = vl.solve_lower(vl.DenoisingProblem(y32.astype(np.float64), tv), theta, 1e-10)
+    err = float(np.linalg.norm(to_numpy(res.x).astype(np.float64) - ref.x))
+    assert err <= res.distance_bound + 1e-10 + 1e-5 * math.sqrt(y32.size)
 
 
 @pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])
