@@ -84,6 +84,12 @@ def test_bound_off_and_counts(rng):
     hg = hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-3, 1e-3, bound=False)
     assert np.isnan(hg.error_bound)
     assert hg.n_lower_iter >= 1 and hg.n_cg_iter >= 1
+    # bound=False only skips the bound: same solves, same gradient, as accurate
+    ref = hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-3, 1e-3)
+    np.testing.assert_array_equal(hg.grad, ref.grad)
+    assert (hg.n_lower_iter, hg.n_cg_iter) == (ref.n_lower_iter, ref.n_cg_iter)
+    tight = hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-10, 1e-10)
+    assert np.linalg.norm(hg.grad - tight.grad) <= ref.error_bound
     assert hg.x.shape == prob.x_shape and hg.q.shape == prob.x_shape
 
 
