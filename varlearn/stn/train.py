@@ -191,9 +191,13 @@ class STNTrainer:
             raise _Stop("nan")
         self.opt_w.step(grads)
         self.n_w += 1
-        self.cost += B * self.px_train
-        self._acc[0] += loss
-        self._acc[1] += 1
+        return self._tally(0, B * self.px_train, loss)
+
+    def _tally(self, slot, pixels, loss):
+        """Count a step's cost and add its loss to the running mean (slot 0: weight steps, 2: hyper-steps)."""
+        self.cost += pixels
+        self._acc[slot] += loss
+        self._acc[slot + 1] += 1
         return loss
 
     def hyper_step(self):
@@ -212,10 +216,7 @@ class STNTrainer:
             self.opt_rho.step({"rho": grho - o["tau"] * hy.entropy_grad()})
         hy.project()
         self.n_h += 1
-        self.cost += B * self.px_val
-        self._acc[2] += loss
-        self._acc[3] += 1
-        return loss
+        return self._tally(2, B * self.px_val, loss)
 
     def evaluate(self):
         """Validation at the unperturbed ``u``: ``(val_loss, val_psnr, per-crop MSEs)`` on the fixed crops (costed)."""
