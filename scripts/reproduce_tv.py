@@ -14,11 +14,12 @@ Runs (all α0 = 0.01, ρ = ν = 0.5, ν̄ = 1.05), each with the same cost budge
   (1e1,1e1), (1,1), (1e-1,1e-1), (1e-3,1e-3), (1e-5,1e-5)};
 * fixed accuracy ε = δ ∈ {1e-1, 1e-3, 1e-5}.
 
-``--runs`` selects others: tokens ``maid:EPS0:DELTA0`` or ``fixed:EPS``.
+``--runs`` selects others: ``maid:EPS0:DELTA0`` or ``fixed:EPS`` (the method grammar of
+:func:`varlearn.bilevel.analysis.parse_method`).
 
 For every run: final θ, f, f(θ) re-evaluated with a tight solve, PSNR (mean of
-per-image PSNRs and batch PSNR as in the reference code, both clipped to [0, 1]),
-cost, wall time, and the cost / time at which f came within 0.5% and 0.1% of f*.
+per-image PSNRs and batch PSNR as in the reference code, the estimate clipped to
+[0, 1]: :func:`varlearn.evaluation.image_quality`), cost, wall time, and the cost / time at which f came within 0.5% and 0.1% of f*.
 f* comes from a grid search with tight solves (coarse 0.25 × 0.5 grid, fine grid,
 Nelder–Mead polish), skipped with ``--no-grid``.
 
@@ -105,7 +106,7 @@ def heldout_eval(runs, noisy, clean, noisy_te, clean_te, n_train, n_images, name
             "noisy": image_quality(noisy_te, clean_te)}
 
 
-def print_summary(runs, noisy_q, f_star, theta_star, t_grid, hm, head):
+def print_summary(runs, f_star, theta_star, t_grid, hm, head):
     print(head + (f"; grid f* = {f_star:.6f} at theta = ({theta_star[0]:.4f}, {theta_star[1]:.4f}) "
                   f"[{t_grid:.0f}s]" if f_star is not None else ""))
     print(f"{'run':<22}{'status':<18}{'nit':>5}{'cost':>8}{'f':>11}{'f tight':>11}{'rel gap':>10}"
@@ -202,7 +203,7 @@ def main(argv=None):
         "figures": {k: os.path.basename(str(v)) for k, v in figs.items()},
     }
     E.write_metrics(out / "metrics.json", metrics)
-    print_summary(runs, noisy_q, f_star, theta_star, t_grid.seconds, hm,
+    print_summary(runs, f_star, theta_star, t_grid.seconds, hm,
                   f"TV: {n_train} Kodak images {size}x{size}, sigma {args.sigma}, noisy PSNR "
                   f"{noisy_q['psnr_mean']:.3f}")
     print(f"wrote {out / 'metrics.json'}")

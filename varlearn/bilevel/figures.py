@@ -160,8 +160,10 @@ def plot_landscape(path, grid, runs, theta_star, title=None):
     ax.plot(theta_star[1], theta_star[0], "r*", ms=12, label="grid optimum")
     ax.set_xlabel("θ1")
     ax.set_ylabel("θ0")
-    fig.tight_layout()  # room for the colour bar's label
-    return finish_figure(plt, fig, ax, path, title, len(runs) + 1, legend_loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()  # room for the colour bar's label and the title
+    return finish_figure(plt, fig, ax, path, None, len(runs) + 1, legend_loc="lower right")
 
 
 def plot_filters(path, filters, weights, title):
