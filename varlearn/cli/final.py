@@ -77,8 +77,8 @@ def outcome(res):
                  "budget_exhausted": f"a cost budget of {res.options.get('budget'):g}",
                  "time_limit": f"a time limit of {res.options.get('time_limit'):g} s"}[status]
         lines.append(f"the run stopped on a limit ({status}: {limit}, {LIMIT_FLAGS[status]}) before meeting the "
-                     f"requested accuracy; the result may not be converged (look at figures/loss.png, or continue "
-                     f"with --resume and a larger {LIMIT_FLAGS[status]})")
+                     f"requested accuracy; the result may not be converged (look at the loss in history.csv or "
+                     f"figures/loss.png, or continue with --resume and a larger {LIMIT_FLAGS[status]})")
     elif status == "accuracy_floor" and not success:
         lines.append("the run stopped at the accuracy floor (accuracy_floor): no accuracy above the floor certified a "
                      "descent direction, so θ is stationary only to the attainable accuracy (with --dtype float32 "
