@@ -17,7 +17,12 @@ configuration ``{"isotropic": bool}``, θ0 = (−5, −5) as in the MAID paper) 
 ``"foe"`` (:class:`~varlearn.FieldOfExperts`, configuration
 ``{"n_filters": int, "size": odd int}``, θ0 =
 :meth:`FieldOfExperts.init_params` with filters drawn from ``seed``).
-:func:`register_model` adds others.
+:func:`register_model` adds others.  :func:`build_model` accepts any builder;
+:func:`save_params` and :func:`load_params` need what a
+:class:`~varlearn.regularizers.Regularizer` has: ``n_params`` and
+``describe(theta)`` (the natural units).  Models whose state is not one θ
+vector (the STN networks) keep their own files (:mod:`varlearn.stn.io`) and
+reuse :class:`ParamsError`, :func:`read_json` and :data:`PARAMS_FILE`.
 
 ``params.json``
 ---------------
