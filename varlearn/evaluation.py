@@ -14,6 +14,14 @@
 Clipping: the image-quality numbers here clip the estimate to [0, 1]
 (``clip=True`` of :mod:`varlearn.metrics`), as the MAID reference code does;
 the dictionaries say so in ``"clipped": True``.
+
+References
+----------
+A. Chambolle, "An algorithm for total variation minimization and applications",
+J. Math. Imaging Vis. 20:89-97, 2004 (``denoise_tv_chambolle``).
+
+J. A. Nelder and R. Mead, "A simplex method for function minimization",
+Comput. J. 7(4):308-313, 1965 (the polish of :func:`grid_search_2d`).
 """
 from __future__ import annotations
 

@@ -12,6 +12,15 @@
   numerical failure (for example θ overflowing after a huge HOAG step) as a
   :class:`FailedRun` instead of raising, with a progress line at most every
   ``progress_every`` seconds.
+
+References
+----------
+M. S. Salehi, S. Mukherjee, L. Roberts and M. J. Ehrhardt, "An adaptively inexact
+first-order method for bilevel optimization with application to hyperparameter
+learning", arXiv:2308.10098, 2023 (MAID; the certified-decrease test).
+
+F. Pedregosa, "Hyperparameter optimization with approximate gradient", ICML 2016
+(HOAG and its tolerance decays).
 """
 from __future__ import annotations
 
