@@ -303,6 +303,22 @@ def test_foe_quick_certificate_off(tmp_path):
     assert cd["checked_unshrunk"] >= 5 and cd["violations_unshrunk"] == 0, cd
 
 
+@needs_mnist
+def test_mlr_smoke(tmp_path):
+    """Default-run version of the MNIST tests: 400 digits of 6x6, held-out split, two methods."""
+    m = _run("reproduce_mlr", tmp_path, ["--quick", "--split", "holdout", "--n-train", "400", "--n-holdout", "100",
+                                         "--n-test", "100", "--image-size", "6", "--methods", "maid-nobound",
+                                         "hoag-cubic", "--budget", "600", "--data-dir", str(DATA)])
+    assert m["scale"]["n_lower"] == 300 and m["scale"]["n_upper"] == 100 and m["scale"]["n_test"] == 100
+    assert m["scale"]["n_params"] == 36 * 10
+    nob, hoag = m["runs"]
+    assert nob["options"]["bound"] is False and nob["options"]["step0"] == 100.0 and hoag["options"]["decay"] == "cubic"
+    for r in (nob, hoag):
+        assert r["error"] is None and r["fun"] < r["history"]["fun"][0]
+        assert 0 < r["val_accuracy"] <= 1 and 0 < r["test_accuracy"] <= 1
+        assert len(r["val_accuracy_path"]) == r["nit"] and r["val_accuracy_path"][-1] == r["val_accuracy"]
+
+
 @pytest.mark.parametrize("bad", [["--nobound-step0", "0"], ["--maid-step0", "-1"], ["--maid-rho", "1.5"],
                                  ["--nobound-rho", "0"], ["--nobound-step0", "nan"], ["--methods", "hoag-linear"],
                                  ["--methods", "maid:0"], ["--methods", "fixed"]])
