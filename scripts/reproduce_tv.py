@@ -19,7 +19,8 @@ Runs (all α0 = 0.01, ρ = ν = 0.5, ν̄ = 1.05), each with the same cost budge
 
 For every run: final θ, f, f(θ) re-evaluated with a tight solve, PSNR (mean of
 per-image PSNRs and batch PSNR as in the reference code, the estimate clipped to
-[0, 1]: :func:`varlearn.evaluation.image_quality`), cost, wall time, and the cost / time at which f came within 0.5% and 0.1% of f*.
+[0, 1]: :func:`varlearn.evaluation.image_quality`), cost, wall time, and the
+cost / time at which f came within 0.5% and 0.1% of f*.
 f* comes from a grid search with tight solves (coarse 0.25 × 0.5 grid, fine grid,
 Nelder–Mead polish), skipped with ``--no-grid``.
 
