@@ -384,6 +384,12 @@ def test_denoise_bad_input(tiny_run, tmp_path, capsys):
     _expect_usage_error(capsys, ["denoise", "--params", params, empty, "--out", tmp_path / "o"], "no image files")
     _expect_usage_error(capsys, ["denoise", "--params", params, img, "--out", tmp_path / "o", "--tol", "-1"],
                         "--tol")
+    # θ is authoritative: a params.json whose natural units were edited is refused, naming the field
+    edited = json.loads(params.read_text())
+    edited["params"]["weight"] *= 10
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    _expect_usage_error(capsys, ["denoise", "--params", tmp_path / "edited.json", img, "--out", tmp_path / "o"],
+                        "params.weight", "disagrees with theta", "authoritative")
     assert not (tmp_path / "o").exists()
 
 
