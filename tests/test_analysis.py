@@ -161,3 +161,20 @@ def test_tight_solver_evaluation_and_grid_search():
     assert f_star <= np.nanmin(d["coarse"]["f"]) and f_star <= d["fine"]["f_best"]
     assert f_star == pytest.approx(solver.f(theta_star), rel=1e-9)
     assert d["n_solves"] >= 6 + 9 + d["nelder_mead"]["nfev"]
+
+
+def test_bound_checks():
+    from varlearn.bilevel.analysis import bound_check, summarize_bound_checks
+
+    class HG:
+        grad = np.array([1.0, 2.0])
+        grad_norm = math.sqrt(5.0)
+        error_bound = 0.05
+
+    err, om, floor = bound_check(HG, np.array([1.0, 2.1]))
+    assert err == pytest.approx(0.1) and om == 0.05 and floor == pytest.approx(64 * np.finfo(float).eps * 5 ** 0.5)
+    s = summarize_bound_checks([(err, om, floor), (0.01, 0.05, 0.0), (2e-16, 1e-16, 1e-15), (5.0, math.inf, 0.0)])
+    assert s["n"] == 4 and s["n_violated"] == 1 and s["n_violated_raw"] == 2   # the 3rd is within rounding
+    assert s["max_error_over_bound"] == pytest.approx(2.0)                      # the infinite bound is skipped
+    assert s["median_bound_over_error"] == pytest.approx(0.5)
+    assert summarize_bound_checks([])["n"] == 0 and summarize_bound_checks([])["max_error_over_bound"] is None

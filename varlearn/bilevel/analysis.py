@@ -5,6 +5,8 @@
   :func:`certified_decrease`, :func:`first_cost_below`, :func:`value_at_cost`.
 * :func:`summarize_run`: the numbers of one run that experiment front ends
   store (final values, counts, checks, the history columns).
+* :func:`bound_check`, :func:`summarize_bound_checks`: the a-posteriori error
+  bound ω of an inexact hypergradient against an exact gradient.
 * :func:`parse_method`: the one grammar of method strings used by the
   scripts and the command line, ``NAME[:EPS0[:DELTA0]]`` with ``NAME`` one of
   :data:`METHOD_NAMES`.
@@ -38,7 +40,8 @@ from .options import resolve_options
 logger = logging.getLogger("varlearn")
 
 __all__ = ["is_monotone", "certified_decrease", "first_cost_below", "value_at_cost", "summarize_run",
-           "SUMMARY_COLUMNS", "MethodSpec", "parse_method", "METHOD_NAMES", "FailedRun", "guarded_minimize"]
+           "SUMMARY_COLUMNS", "MethodSpec", "parse_method", "METHOD_NAMES", "FailedRun", "guarded_minimize",
+           "bound_check", "summarize_bound_checks"]
 
 
 # ---------------------------------------------------------------------- history analysis
@@ -177,6 +180,35 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
     if extra:
         out.update(extra)
     return out
+
+
+def bound_check(hg, exact_grad):
+    """``(error, bound, floor)`` of an inexact hypergradient ``hg`` against the exact gradient.
+
+    ``error = ||hg.grad - exact_grad||``, ``bound = hg.error_bound`` (ω) and
+    ``floor = 64 u max(||exact_grad||, ||hg.grad||, 1)`` with ``u`` the float64
+    unit roundoff: float64 cannot resolve errors below a few ulp of the
+    gradient, so only ``error > bound + floor`` is a violation.
+    """
+    exact = np.asarray(to_numpy(exact_grad), dtype=np.float64)
+    err = float(np.linalg.norm(np.asarray(to_numpy(hg.grad), dtype=np.float64) - exact))
+    floor = 64 * np.finfo(np.float64).eps * max(float(np.linalg.norm(exact)), float(hg.grad_norm), 1.0)
+    return err, float(hg.error_bound), floor
+
+
+def summarize_bound_checks(checks):
+    """Counts of :func:`bound_check` triples: ``n``, ``n_violated`` (beyond the floor), ``n_violated_raw``,
+    ``max_error_over_bound`` and ``median_bound_over_error`` (over the finite bounds; ``None`` if none)."""
+    c = np.asarray(checks, dtype=float).reshape(-1, 3)
+    err, om, floor = c[:, 0], c[:, 1], c[:, 2]
+    fin = np.isfinite(om)
+    err, om, floor = err[fin], om[fin], floor[fin]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero bound gives an infinite ratio
+        ratio = err / om
+    return {"n": int(c.shape[0]), "n_violated": int(np.sum(err > om + floor)), "n_violated_raw": int(np.sum(err > om)),
+            "note": "a violation needs ||z - grad f|| > omega + 64 ulp of ||grad f|| (rounding floor)",
+            "max_error_over_bound": float(np.max(ratio)) if om.size else None,
+            "median_bound_over_error": float(np.median(om / np.maximum(err, 1e-300))) if om.size else None}
 
 
 # ---------------------------------------------------------------------- method grammar
