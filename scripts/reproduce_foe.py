@@ -1,13 +1,9 @@
 """Reproduce the Field-of-Experts experiment of the MAID paper (maid-spec §6.3, claims §8.4, 8.6).
 
-Paper scale (the default): 48 filters of 7×7 (2449 parameters: θ0, 48 log
-weights, 48 log smoothings, 48·49 taps), 20 Kodak images at 256×256 grayscale.
-The reference code takes indices 5..24 of its 25-file list (which includes the
-non-standard kodim25); with the 24 standard images this script uses indices
-4..23 (kodim05..kodim24) for learning and keeps kodim01..kodim04 (indices 0..3),
-which the paper never uses, for a held-out evaluation.  Noise σ = 0.1, drawn for
-all 24 images at once as ``default_rng(seed).standard_normal((24, size, size))``
-(seed 31), so a subset sees the same noise at any scale.
+Paper scale (the default): 48 filters of 7×7 (2449 parameters), 20 Kodak images at
+256×256 grayscale: indices 4..23 (kodim05..24; the reference's 5..24 of a list with
+kodim25) for learning, kodim01..04 (never used by the paper) held out.  Noise σ = 0.1,
+``default_rng(seed).standard_normal((24, size, size))`` (seed 31), the same at any scale.
 
 Methods at equal cost (``--budget`` lower-level + CG iterations each):
 
@@ -24,14 +20,11 @@ Methods at equal cost (``--budget`` lower-level + CG iterations each):
   and ``skimage.restoration.denoise_tv_chambolle`` at the weight that
   maximises the mean training PSNR (``--no-tv`` skips both).
 
-Reported: upper loss against cost, the loss each method has at budget/10,
-budget/3 and budget, ε paths, PSNR / SSIM on the training and held-out images
-(tight lower-level solves at the learned θ), the learned filters.
-
-The full scale needs a GPU (``--backend cupy``); on a CPU use a reduced scale,
-e.g. ``--n-filters 48 --filter-size 7 --n-images 4 --size 64``.  The scale is
-printed and stored under ``"scale"`` in metrics.json.  ``--quick``: 4 filters
-3×3, 2 training images of 32×32, 2 held-out images, a tiny budget.
+Reported: loss against cost, the loss at budget/10, budget/3 and budget, ε paths,
+PSNR / SSIM on training and held-out images (tight solves at the learned θ), filters.
+The full scale needs a GPU (``--backend cupy``); on a CPU use a reduced one, e.g.
+``--n-filters 48 --filter-size 7 --n-images 4 --size 64`` (printed, and stored under
+``"scale"``).  ``--quick``: 4 filters 3×3, 2 + 2 images of 32×32, a tiny budget.
 
 Writes ``metrics.json``, ``thetas.npz`` (final θ of every method) and
 ``foe_loss_vs_cost.png``, ``foe_eps_path.png``, ``foe_filters.png`` into ``--out``.

@@ -18,21 +18,14 @@ on a validation set.  Methods at equal cost (``--budget``):
   MAID spends its first ~10^4 iterations backtracking;
 * ``hoag-geometric``, ``hoag-quadratic``, ``hoag-cubic``: HOAG (ε0 = 0.1).
 
-``--split paper`` (default) is the paper's setup: the lower level uses the
-60000 training digits and the upper level the 10000 *test* digits, so the
-reported "validation accuracy" is measured on the data the hyperparameters were
-fitted to.  ``--split holdout`` is a proper protocol: the last ``--n-holdout``
-(10000) of the training digits form the upper-level (validation) set, the
-other 50000 the lower level, and accuracy is also reported on the untouched
-10000 test digits.
-
-``--quick``: 1000 training and 500 test digits resized to 8×8 (640
-hyperparameters; holdout 250), a budget of 6000 and at most 500 iterations per
-lower-level solve.
-
-The lower level is a dense (n × 144) @ (144 × 10) product per iteration; on
-shared cores BLAS threads stall each other, so ``--threads 1`` (the
-default with ``--quick``) can be several times faster when other jobs compete.
+``--split paper`` (default, the paper's): lower level on the 60000 training digits,
+upper level on the 10000 *test* digits (so "validation accuracy" is on the data the
+hyperparameters were fitted to).  ``--split holdout``: the last ``--n-holdout`` (10000)
+training digits form the upper level, the other 50000 the lower one, and accuracy is
+also reported on the untouched test digits.  ``--quick``: 1000 training and 500 test
+digits of 8×8 (640 hyperparameters; holdout 250), budget 6000, lower solves capped
+at 500 iterations.  On shared cores BLAS threads stall each other: ``--threads 1``
+(the default with ``--quick``) can be several times faster.
 
 Writes ``metrics.json`` and ``mlr_loss_vs_cost.png``, ``mlr_eps_path.png``,
 ``mlr_accuracy_vs_cost.png`` into ``--out``.
