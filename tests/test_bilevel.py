@@ -273,6 +273,7 @@ def test_checkpoint_has_no_pickle(tmp_path):
     ({"bound": "yes"}, "'bound'"),
     ({"armijo": 1e-3}, "'armijo'"),
     ({"checkpoint_interval": -1.0}, "'checkpoint_interval'"),
+    ({"bound_constants": "guess"}, "'bound_constants'"),
     ({"not_an_option": 1}, "unknown option 'not_an_option'"),
 ])
 def test_bad_options_raise(options, match):
@@ -294,17 +295,19 @@ def test_bad_method_and_theta():
 
 
 def test_resume_with_estimated_bounds_gives_the_same_theta(tmp_path):
-    """FoE has no closed-form mixed-Lipschitz constant: the bound estimator's state is checkpointed too."""
+    """With estimated constants (bound_constants="estimate") the estimator's state is checkpointed too."""
     rng = np.random.RandomState(0)
     clean = rng.rand(1, 10, 10)
     reg = vl.FieldOfExperts(n_filters=2, size=3, rng=np.random.RandomState(1))
     prob = vl.DenoisingProblem(clean + 0.1 * rng.randn(1, 10, 10), reg)
     U = vl.SquaredError(clean)
     theta0 = reg.init_params()
-    full = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6})
+    est = {"bound_constants": "estimate"}
+    full = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6, **est})
+    assert full.history[-1]["omega"] > 0
     ck = tmp_path / "foe.npz"
-    vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 3}, checkpoint=ck)
-    rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6}, resume=ck)
+    vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 3, **est}, checkpoint=ck)
+    rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6, **est}, resume=ck)
     np.testing.assert_allclose(rest.theta, full.theta, rtol=0, atol=1e-10)
     assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
 

@@ -382,7 +382,7 @@ def test_foe_lipschitz_bounds_hessian(rng, size):
 def test_foe_hessian_and_mixed_lipschitz(rng):
     reg = vl.FieldOfExperts(n_filters=2, size=3, rng=rng)
     theta = _theta(reg, rng)
-    assert reg.mixed_lipschitz(theta) is None
+    assert reg.mixed_lipschitz(theta) is None  # learned filters: only on a ball (mixed_lipschitz_at)
     lh = reg.hessian_lipschitz(theta)
     fixed = vl.FieldOfExperts(n_filters=2, size=3, learn_filters=False, filters=reg.filters)
     tf = theta[:5]
@@ -400,6 +400,60 @@ def test_foe_hessian_and_mixed_lipschitz(rng):
     assert reg.convexity(theta) == 0.0
     student = vl.FieldOfExperts(n_filters=2, size=3, rng=rng, potential=LogStudentT())
     assert student.convexity(theta) < 0.0
+
+
+def _jacobian(prob, x, theta):
+    """J = ∂θ∇ₓh as an explicit (n, p) matrix, one mixed_vjp per pixel."""
+    n = x.size
+    return np.stack([prob.mixed_vjp(x, theta, e.reshape(x.shape)) for e in np.eye(n)])
+
+
+@pytest.mark.parametrize("learn,size", [(True, 3), (True, 7), (False, 5)])
+def test_foe_mixed_constants_are_bounds(learn, size, rng):
+    """Issue 12 (item 2): analytic ‖J‖ and L_J of FoE (learned filters too) bound the true values."""
+    clean = rng.random((1, 9, 9))
+    reg = vl.FieldOfExperts(n_filters=2, size=size, rng=1, learn_filters=learn)
+    prob = vl.DenoisingProblem(clean + 0.1 * rng.standard_normal(clean.shape), reg)
+    theta = reg.init_params() + 0.3 * rng.standard_normal(reg.n_params)
+    x = vl.solve_lower(prob, theta, 1e-8).x
+    J = _jacobian(prob, x, theta)
+    true_norm = np.linalg.norm(J, 2)
+    bound = prob.mixed_norm_bound(x, theta)
+    assert true_norm <= bound <= 10 * true_norm
+    radius = 0.05
+    L_J = prob.mixed_lipschitz_at(x, theta, radius)
+    if not learn:
+        assert L_J == prob.mixed_lipschitz(theta)
+    for _ in range(4):
+        for center in (x, x + radius * 0.5 * rng.standard_normal(x.shape) / 9):
+            d = rng.standard_normal(x.shape)
+            d *= radius * rng.uniform(0.1, 1.0) / np.linalg.norm(d)
+            far = center + d
+            if np.linalg.norm(far - x) > radius or np.linalg.norm(center - x) > radius:
+                continue
+            diff = np.linalg.norm(_jacobian(prob, far, theta) - _jacobian(prob, center, theta), 2)
+            assert diff <= L_J * np.linalg.norm(d)
+
+
+def test_foe_error_bound_is_exact_by_default_and_never_below_the_error(rng):
+    """FoE's ω uses exact constants (bound_exact True); it is never below the true error, and the
+    estimator stays available (constants="estimate", flagged not exact)."""
+    from varlearn.hypergradient import hypergradient
+
+    for size, learn in ((3, True), (5, True), (3, False)):
+        clean = rng.random((1, 10, 10))
+        reg = vl.FieldOfExperts(n_filters=2, size=size, rng=2, learn_filters=learn)
+        prob = vl.DenoisingProblem(clean + 0.1 * rng.standard_normal(clean.shape), reg)
+        U = vl.SquaredError(clean)
+        theta = reg.init_params() + 0.3 * rng.standard_normal(reg.n_params)
+        ref = hypergradient(prob, U, theta, 1e-11, 1e-12, lower_maxiter=100000)
+        for eps in (1e-1, 1e-3, 1e-5):
+            for x0 in (None, ref.x + 1e-3 * rng.standard_normal(ref.x.shape)):
+                hg = hypergradient(prob, U, theta, eps, eps, x0=x0)
+                assert hg.bound_exact is True and hg.success
+                assert np.linalg.norm(hg.grad - ref.grad) <= hg.error_bound - ref.error_bound
+        est = hypergradient(prob, U, theta, 1e-3, 1e-3, constants="estimate")
+        assert est.bound_exact is False and math.isfinite(est.error_bound)
 
 
 def test_foe_describe(rng):

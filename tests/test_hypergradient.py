@@ -94,12 +94,15 @@ def test_bound_off_and_counts(rng):
 
 
 def test_estimated_bound_is_flagged(rng):
-    """A problem without Lipschitz constants gets an estimate, reported as not exact."""
+    """Estimated constants (constants="estimate", or a problem without them) are reported as not exact."""
     reg = vl.FieldOfExperts(n_filters=2, size=3, rng=np.random.RandomState(1))
     prob, U = _denoising(rng, reg, n=1, h=8, w=8)
-    hg = hypergradient(prob, U, reg.init_params(), 1e-3, 1e-3)
+    hg = hypergradient(prob, U, reg.init_params(), 1e-3, 1e-3, constants="estimate")
     assert hg.bound_exact is False
     assert np.isfinite(hg.error_bound) and hg.error_bound > 0
+    assert hypergradient(prob, U, reg.init_params(), 1e-3, 1e-3).bound_exact is True  # FoE's own constants
+    with pytest.raises(ValueError, match="constants must be 'exact' or 'estimate', got 'fast'"):
+        hypergradient(prob, U, reg.init_params(), 1e-3, 1e-3, constants="fast")
 
 
 def test_hypergradient_bad_input(rng):

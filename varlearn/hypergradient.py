@@ -157,7 +157,8 @@ def get_xp(problem):
 
 
 def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bound=True,
-                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto", lower_L0=None):
+                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto", lower_L0=None,
+                  constants="exact"):
     r"""Inexact hypergradient :math:`z = -J(\tilde x,\theta)^T q` and its error bound.
 
     Steps: (1) :func:`~varlearn.solvers.solve_lower` to ``lower_tol`` from ``x0``
@@ -196,6 +197,10 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         Keeps running estimates across calls (created if needed).
     lower_L0 : float, optional
         Passed to :func:`~varlearn.solvers.solve_lower` as ``L0``.
+    constants : {"exact", "estimate"}
+        ``"exact"`` (default) uses the problem's constants where it has them;
+        ``"estimate"`` estimates :math:`L_H`, :math:`L_J` and :math:`\|J\|` with the
+        :class:`BoundEstimator` for every problem (``bound_exact`` False).
 
     Returns
     -------
@@ -212,6 +217,8 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     """
     lower_tol = check_positive(lower_tol, "lower_tol")
     cg_tol = check_positive(cg_tol, "cg_tol")
+    if constants not in ("exact", "estimate"):
+        raise ValueError(f"constants must be 'exact' or 'estimate', got {constants!r}")
     theta = problem.check_theta(theta)
     xp = problem.xp
     t0 = time.perf_counter()
@@ -249,9 +256,15 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         est = estimator
         exact = True
         L_U = float(upper.lipschitz())
-        L_H = _known(problem.hessian_lipschitz(theta), "hessian_lipschitz")
-        L_J = _known(problem.mixed_lipschitz(theta), "mixed_lipschitz")
-        J_norm = _known(problem.mixed_norm_bound(x, theta), "mixed_norm_bound")
+        if constants == "estimate":
+            L_H = L_J = J_norm = None
+        else:
+            L_H = _known(problem.hessian_lipschitz(theta), "hessian_lipschitz")
+            L_J = _known(problem.mixed_lipschitz(theta), "mixed_lipschitz")
+            if L_J is None:
+                # a constant valid on the ball of radius eps around x (it holds x_hat and the segment)
+                L_J = _known(problem.mixed_lipschitz_at(x, theta, eps), "mixed_lipschitz_at")
+            J_norm = _known(problem.mixed_norm_bound(x, theta), "mixed_norm_bound")
         if L_H is None or L_J is None or J_norm is None:
             est = est if est is not None else BoundEstimator()
             exact = False

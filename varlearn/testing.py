@@ -228,7 +228,8 @@ def check_hvp(grad, hvp, x, *, rng=None, n_dirs=2, sym_rtol=1e-10, raise_error=F
     sym = abs(_dot(u, hv) - _dot(hu, v)) / scale
     subs["symmetry"] = CheckReport("symmetry", sym <= sym_rtol, {"relative_asymmetry": sym})
     ok = all(s.ok for s in subs.values())
-    errors = {"symmetry": sym, "order": min(s.errors.get("order", math.inf) for k, s in subs.items() if k != "symmetry")}
+    order = min(s.errors.get("order", math.inf) for k, s in subs.items() if k != "symmetry")
+    errors = {"symmetry": sym, "order": order}
     return _finish(CheckReport(name, ok, errors, subs), raise_error)
 
 

@@ -170,7 +170,7 @@ class _Run:
         hg = hypergradient(self.problem, self.upper, self.theta, eps, delta, x0=self.x_warm, q0=q0, bound=bound,
                            estimator=self.estimator, lower_maxiter=self.opts["lower_maxiter"],
                            cg_maxiter=self.opts["cg_maxiter"], backtracking=self.opts["backtracking_lower"],
-                           lower_L0=self._L0())
+                           lower_L0=self._L0(), constants=self.opts.get("bound_constants", "exact"))
         self.L_last = hg.lower.L
         self.n_lower += hg.n_lower_iter
         self.n_cg += hg.n_cg_iter

@@ -36,6 +36,7 @@ DEFAULTS = {
         "max_attempts": 3,      # hypergradient attempts per outer iteration
         "eps_floor": 1e-12,     # stop when the accuracy must go below this
         "bound": True,          # use the error bound omega (False: skip the certificate loop)
+        "bound_constants": "exact",  # "exact": the problem's constants; "estimate": BoundEstimator for L_H, L_J, |J|
     }),
     "fixed": dict(_COMMON, **{
         "eps0": 0.1, "delta0": 0.1, "step0": 0.01, "rho": 0.5, "rho_inc": 10.0 / 9.0,
@@ -111,6 +112,9 @@ def resolve_options(method, options):
         elif k == "backtracking_lower":
             if v not in (True, False, "auto"):
                 raise _bad(k, v, "must be True, False or 'auto'")
+        elif k == "bound_constants":
+            if v not in ("exact", "estimate"):
+                raise _bad(k, v, "must be 'exact' or 'estimate'")
         elif k == "decay":
             if v not in ("geometric", "quadratic", "cubic"):
                 raise _bad(k, v, "must be 'geometric', 'quadratic' or 'cubic'")

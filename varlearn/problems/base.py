@@ -31,8 +31,11 @@ class LowerProblem:
 
     Optional, for the hypergradient error bound: ``hessian_lipschitz(theta)``
     and ``mixed_lipschitz(theta)`` (Lipschitz constants in ``x`` of the
-    Hessian and of the mixed derivative; ``None`` when unknown), and
-    ``mixed_norm_bound(x, theta)`` (an upper bound on :math:`\|\partial_\theta\nabla_x h\|`).
+    Hessian and of the mixed derivative; ``None`` when unknown),
+    ``mixed_lipschitz_at(x, theta, radius)`` (the latter on a ball, when no
+    global constant exists), ``mixed_norm_bound(x, theta)`` (an upper bound on
+    :math:`\|\partial_\theta\nabla_x h\|`) and ``grad_error_bound(x, theta)``
+    (rounding error of the computed gradient).
     """
 
     n_params: int = 0
@@ -103,6 +106,11 @@ class LowerProblem:
 
     def mixed_norm_bound(self, x, theta):  # noqa: ARG002
         return None
+
+    def mixed_lipschitz_at(self, x, theta, radius):  # noqa: ARG002
+        """Lipschitz constant in ``x`` of the mixed derivative on the ball of ``radius`` around ``x``
+        (for problems whose constant depends on where it is taken); default :meth:`mixed_lipschitz`."""
+        return self.mixed_lipschitz(theta)
 
     def grad_error_bound(self, x, theta):
         r"""A bound on the rounding error :math:`\|fl(\nabla_x h(x,\theta)) - \nabla_x h(x,\theta)\|` of :meth:`grad`.

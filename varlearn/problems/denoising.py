@@ -107,6 +107,9 @@ class DenoisingProblem(LowerProblem):
     def mixed_norm_bound(self, x, theta):
         return self.regularizer.mixed_norm_bound(x, theta)
 
+    def mixed_lipschitz_at(self, x, theta, radius):
+        return self.regularizer.mixed_lipschitz_at(x, theta, radius)
+
     def grad_error_bound(self, x, theta):
         """``2u(‖x‖ + ‖y‖)`` for the data term plus the regularizer's bound (the generic
         estimate of :class:`~varlearn.problems.base.LowerProblem` when it has none)."""

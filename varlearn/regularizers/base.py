@@ -72,6 +72,13 @@ class Regularizer:
         """An upper bound on the operator norm of the mixed derivative at ``x`` (``None``: unknown)."""
         return None
 
+    def mixed_lipschitz_at(self, x, theta, radius):  # noqa: ARG002
+        """Lipschitz constant in ``x`` of the mixed derivative on the ball of ``radius`` around ``x``.
+
+        Default: :meth:`mixed_lipschitz` (a global constant, or ``None``).
+        """
+        return self.mixed_lipschitz(theta)
+
     def grad_error_bound(self, x, theta):  # noqa: ARG002
         """A bound on the rounding error of ``grad(x, theta)`` in Euclidean norm (``None``: unknown).
 
@@ -365,6 +372,10 @@ class SumRegularizer(Regularizer):
 
     def mixed_norm_bound(self, x, theta):
         vals = [t.mixed_norm_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
+        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+
+    def mixed_lipschitz_at(self, x, theta, radius):
+        vals = [t.mixed_lipschitz_at(x, theta[s], radius) for t, s in zip(self.terms, self._slices)]
         return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
 
     def grad_error_bound(self, x, theta):

@@ -13,17 +13,15 @@ from .._filterbank import (
     check_out,
     col2im_add,
     fold_pad,
-    fourier_norm_bounds,
     im2col,
     reflect_pad,
-    schur_norm_bounds,
-    weighted_gram_bound,
     work_array,
 )
 from .._validation import check_int
 from ..backend import get_namespace, is_cupy_array, xp_name
 from ..potentials import Potential, SmoothedL1
-from .base import Regularizer, _host, potential_grad_error
+from . import _foe_bounds as _fb
+from .base import Regularizer, _host
 
 __all__ = ["FieldOfExperts"]
 
@@ -457,69 +455,36 @@ class FieldOfExperts(Regularizer):
             parts.append((lam_i[:, None] * tap_acc.astype(np.float64)).ravel())
         return xp.concatenate(parts).astype(theta.dtype)
 
-    # ------------------------------------------------------------------ bounds
+    # ------------------------------------------------------------------ bounds (see _foe_bounds)
     def _bound_data(self, theta):
         """Host ``lam_i = e^{θ0+θ_i}``, ``nu_i``, taps ``(K, s, s)`` for the Python-level bounds."""
         lam0, lam, nu, taps = self._host_params(theta)
         return lam0 * lam, nu, np.asarray(taps, dtype=np.float64)
 
-    @staticmethod
-    def _per_filter(fun, nu):
-        return np.array([fun(float(v)) for v in nu], dtype=np.float64)
-
     def lipschitz(self, theta):
         r""":math:`\|\sum_i \lambda_i \sup\varphi''(\cdot;\nu_i)\,K_i^TK_i\|`, bounded by ``weighted_gram_bound``."""
-        lam, nu, taps = self._bound_data(theta)
-        return weighted_gram_bound(taps, lam * self._per_filter(self.potential.d2_max, nu))
+        return _fb.lipschitz(self, theta)
 
     def convexity(self, theta):
-        if self.potential.convex:
-            return 0.0
-        lam, nu, taps = self._bound_data(theta)
-        lo = np.minimum(0.0, self._per_filter(self.potential.d2_min, nu))
-        return -weighted_gram_bound(taps, lam * -lo)
+        return _fb.convexity(self, theta)
 
     def lipschitz_is_loose(self, theta):
         return True
 
     def hessian_lipschitz(self, theta):
-        r"""Lipschitz constant in x of the Hessian, :math:`\|\sum_i\lambda_i c_i\|k_i\|_1 K_i^TK_i\|`.
-
-        :math:`c_i = \sup|\varphi'''(\cdot;\nu_i)|`: the Hessian is
-        :math:`\sum_i \lambda_i K_i^T \mathrm{diag}(\varphi''(K_ix)) K_i` and
-        :math:`|\varphi''(K_ix)_p - \varphi''(K_ix')_p| \le c_i\|k_i\|_1\|x - x'\|_\infty`,
-        :math:`\|\cdot\|_\infty \le \|\cdot\|_2`.
-        """
-        lam, nu, taps = self._bound_data(theta)
-        w = lam * self._per_filter(self.potential.d3_max, nu) * np.abs(taps).sum(axis=(1, 2))
-        if not np.all(np.isfinite(w)):
-            return None  # phi'' is not Lipschitz (e.g. Huber): no constant to claim
-        return weighted_gram_bound(taps, w)
-
-    def grad_error_bound(self, x, theta):
-        r"""First-order rounding bound of :meth:`grad` (:func:`~varlearn.regularizers.base.potential_grad_error`).
-
-        Filter ``i`` has absolute row and column sums :math:`\|k_i\|_1`; a
-        pixel of :math:`K_ix` sums ``size**2`` products and a pixel of the
-        adjoint ``n_filters * size**2``.
-        """
-        lam, nu, taps = self._bound_data(theta)
-        l1 = np.abs(taps).sum(axis=(1, 2))
-        k = self.n_filters * self.size * self.size
-        return potential_grad_error(lam, self._per_filter(self.potential.d1_max, nu),
-                                    self._per_filter(self.potential.d2_max, nu), l1, l1, k, x, x.dtype)
+        return _fb.hessian_lipschitz(self, theta)
 
     def mixed_lipschitz(self, theta):
-        if self.learn_filters:
-            # the tap columns contain K_i^T(φ''(K_i x) ⊙ S_ab x): no bound independent of ||x||
-            return None
-        lam, nu, taps = self._bound_data(theta)
-        b = np.minimum(schur_norm_bounds(np.abs(taps), self.size), fourier_norm_bounds(taps, self.size))
-        c_w = lam * self._per_filter(self.potential.d2_max, nu) * b * b               # column θ_i
-        c_nu = lam * nu * self._per_filter(self.potential.d2_dnu_max, nu) * b * b     # column θ_{K+i}
-        c_0 = self.lipschitz(theta)                                                   # column θ0: grad R
-        total = float(math.sqrt(c_0 ** 2 + float(np.sum(c_w ** 2 + c_nu ** 2))))
-        return total if math.isfinite(total) else None
+        return _fb.mixed_lipschitz(self, theta)
+
+    def mixed_lipschitz_at(self, x, theta, radius):
+        return _fb.mixed_lipschitz_at(self, x, theta, radius)
+
+    def mixed_norm_bound(self, x, theta):
+        return _fb.mixed_norm_bound(self, x, theta)
+
+    def grad_error_bound(self, x, theta):
+        return _fb.grad_error_bound(self, x, theta)
 
     def describe(self, theta):
         lam0, lam, nu, taps = self._host_params(theta)
