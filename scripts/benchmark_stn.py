@@ -29,9 +29,11 @@ Times, in one run and with the same number of threads for both libraries
   their peak, and the process RSS; a growth of the live allocations with the
   number of steps would be a leak.
 
-The numbers are the minimum over ``--repeat`` rounds after one warm-up call;
-each round times every case once, in turn, so that all cases see the same
-load.  Timings on shared machines are noisy: compare the ratios of one run.
+The numbers are the minimum wall and CPU (process) seconds over ``--repeat``
+rounds after one warm-up call; each round times every case once, in turn, so
+that all cases see the same load.  The "vs torch" columns divide by
+PyTorch's time for the same case (for the STN step, by the faster of its two
+PyTorch versions).  Timings on shared machines are noisy: compare the ratios of one run.
 PyTorch is imported here only (it is never a dependency of varlearn); without
 it the PyTorch columns are empty.
 
@@ -69,20 +71,26 @@ from varlearn.stn.optim import Adam  # noqa: E402
 
 
 def _interleaved(cases, repeat):
-    """Minimum seconds per case over ``repeat`` rounds; each round calls every case once, in turn.
+    """Minimum wall and CPU seconds per case over ``repeat`` rounds; each round calls every case once, in turn.
 
     Interleaving puts every case under the same (shared-machine) load, so the
     ratios of one run are comparable even when the load changes during it.
+    The CPU time of the process (``time.process_time``, all its threads) does
+    not count the time the process waits for a core, which on a loaded machine
+    is most of the noise of the wall time.
     """
     for fun in cases.values():
         fun()
-    best = {name: float("inf") for name in cases}
+    wall = {name: float("inf") for name in cases}
+    cpu = dict(wall)
     for _ in range(repeat):
         for name, fun in cases.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fun()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            c1, t1 = time.process_time(), time.perf_counter()
+            wall[name] = min(wall[name], t1 - t0)
+            cpu[name] = min(cpu[name], c1 - c0)
+    return wall, cpu
 
 
 def _rss_mib():
@@ -324,22 +332,33 @@ def main(argv=None):
                                                                         rng).items()})
             if tc is not None:
                 cases["fwd conv C -> 2C, torch"] = tc["fwd2c"]
-        rows = _interleaved(cases, args.repeat)
+        rows, cpu = _interleaved(cases, args.repeat)
         mem = memory_growth(step, args.steps)
     shape = f"B={args.batch} C={args.channels} {args.size}x{args.size} depth={args.depth} float32"
     print(f"# {shape}, threads={args.threads}, torch {tc['version'] if tc else 'not installed'}, "
           f"model A weights: {model.n_weights}")
-    print(f"{'case':48s} {'seconds':>9s} {'vs torch':>9s}")
-    stn_torch = [rows[k] for k in ("STN step, torch stacked", "STN step, torch grouped") if k in rows]
-    ref = {"conv": rows.get("conv fwd+bwd, torch"), "STN": min(stn_torch) if stn_torch else None}
-    for name, t in rows.items():
-        r = ref["conv" if name.startswith("conv") else "STN"] if not name.startswith("fwd") else None
-        ratio = f"{t / r:9.2f}" if r and "torch" not in name else f"{'':9s}"
-        print(f"{name:48s} {t:9.4f} {ratio}")
+    print(f"{'case':48s} {'wall s':>9s} {'vs torch':>9s} {'CPU s':>9s} {'vs torch':>9s}")
+
+    def reference(table, name):
+        if name.startswith("fwd"):
+            return None
+        if name.startswith("conv"):
+            return table.get("conv fwd+bwd, torch")
+        stn = [table[k] for k in ("STN step, torch stacked", "STN step, torch grouped") if k in table]
+        return min(stn) if stn else None
+
+    for name in rows:
+        cells = []
+        for table in (rows, cpu):
+            r = reference(table, name)
+            ratio = f"{table[name] / r:9.2f}" if r and "torch" not in name else f"{'':9s}"
+            cells.append(f"{table[name]:9.4f} {ratio}")
+        print(f"{name:48s} {' '.join(cells)}")
     print("memory over steps: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": shape, "threads": args.threads, "seconds": rows, "memory": mem}, f, indent=1)
+            json.dump({"shape": shape, "threads": args.threads, "seconds": rows, "cpu_seconds": cpu, "memory": mem},
+                      f, indent=1)
     return rows, mem
 
 
