@@ -7,8 +7,8 @@ kodim25) for learning, kodim01..04 (never used by the paper) held out.  Noise σ
 
 Methods at equal cost (``--budget`` lower-level + CG iterations each):
 
-* MAID, ε0 = δ0 = ``--eps0`` (0.1), α0 = 0.01, ρ = ν = 0.5, ν̄ = 1.05; with
-  the error bound from estimated constants (FoE has no closed-form L_J, ‖J‖);
+* MAID, ε0 = δ0 = ``--eps0`` (0.1), α0 = 0.01, ρ = ν = 0.5, ν̄ = 1.05, with
+  the error bound from the analytic FoE constants (MAID option ``bound_constants``);
   ``maid-nobound`` (not in the default list) is the same with the certificate
   off (ε adapts only through line-search failures);
 * HOAG with geometric, quadratic and cubic decay of the tolerance (ε0 = 0.1, step
