@@ -135,6 +135,27 @@ def test_logistic_hessian_lipschitz_bound(xp):
     assert 0 < worst <= M
 
 
+def test_logistic_local_hessian_lipschitz_bound(xp):
+    """hessian_lipschitz_at bounds the Hessian's variation on its ball, below the global constant."""
+    prob = _logistic(xp, n=40, d=3, c=3)
+    theta = xp.full(prob.n_params, -3.0)
+    W = solve_lower(prob, theta, 1e-8).x
+    glob = prob.hessian_lipschitz(theta)
+    rng = np.random.default_rng(7)
+    for r in (1e-3, 1e-1, 3.0):
+        loc = prob.hessian_lipschitz_at(W, theta, r)
+        assert loc <= glob
+        worst = 0.0
+        for _ in range(15):
+            d1, d2 = rng.standard_normal((2,) + prob.x_shape)
+            x1 = W + xp.asarray(d1 * r * rng.uniform() / np.linalg.norm(d1))
+            x2 = W + xp.asarray(d2 * r * rng.uniform() / np.linalg.norm(d2))
+            diff = np.linalg.norm(_hessian(prob, x1, theta) - _hessian(prob, x2, theta), 2)
+            worst = max(worst, diff / float(xp.linalg.norm(x1 - x2)))
+        assert 0 < worst <= loc
+    assert prob.hessian_lipschitz_at(W, theta, 1e-3) < 0.7 * glob  # uses the softmax at W: tighter
+
+
 def test_quadratic_constants(xp):
     prob, _ = _quadratic(xp)
     theta = prob.init_params()

@@ -259,10 +259,11 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         if constants == "estimate":
             L_H = L_J = J_norm = None
         else:
-            L_H = _known(problem.hessian_lipschitz(theta), "hessian_lipschitz")
+            # constants valid on the ball of radius eps around x (it holds x_hat and the segment)
+            L_H = _known(problem.hessian_lipschitz_at(x, theta, eps), "hessian_lipschitz_at")
+            n_cg += int(getattr(problem, "local_bound_cost", 0))
             L_J = _known(problem.mixed_lipschitz(theta), "mixed_lipschitz")
             if L_J is None:
-                # a constant valid on the ball of radius eps around x (it holds x_hat and the segment)
                 L_J = _known(problem.mixed_lipschitz_at(x, theta, eps), "mixed_lipschitz_at")
             J_norm = _known(problem.mixed_norm_bound(x, theta), "mixed_norm_bound")
         if L_H is None or L_J is None or J_norm is None:

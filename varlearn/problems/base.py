@@ -107,6 +107,11 @@ class LowerProblem:
     def mixed_norm_bound(self, x, theta):  # noqa: ARG002
         return None
 
+    def hessian_lipschitz_at(self, x, theta, radius):  # noqa: ARG002
+        """Lipschitz constant in ``x`` of the Hessian on the ball of ``radius`` around ``x``
+        (tighter than a global one where the problem knows how); default :meth:`hessian_lipschitz`."""
+        return self.hessian_lipschitz(theta)
+
     def mixed_lipschitz_at(self, x, theta, radius):  # noqa: ARG002
         """Lipschitz constant in ``x`` of the mixed derivative on the ball of ``radius`` around ``x``
         (for problems whose constant depends on where it is taken); default :meth:`mixed_lipschitz`."""

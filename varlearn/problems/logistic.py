@@ -211,6 +211,8 @@ class MultinomialLogisticProblem(LowerProblem):
         self._a_norm_sq = _sq_spectral_norm(a)
         a64 = a.astype(xp.float64, copy=False)
         self._max_row_norm = math.sqrt(float((a64 * a64).sum(axis=1).max())) * (1.0 + _EIG_SLACK)
+        # row norms ‖a_i‖ (float64) for hessian_lipschitz_at
+        self._row_norms = xp.sqrt((a64 * a64).sum(axis=1)) * (1.0 + _EIG_SLACK)
         # for grad_error_bound: ‖|A|‖₂ and max_i ‖a_i‖₁
         self._abs_a_norm = math.sqrt(_sq_spectral_norm(xp.abs(a)))
         self._max_row_l1 = float(xp.abs(a64).sum(axis=1).max()) * (1.0 + _EIG_SLACK)
@@ -296,6 +298,37 @@ class MultinomialLogisticProblem(LowerProblem):
         #   ≤ max_i‖a_i‖ ‖A‖₂² ‖D‖‖V‖² /(√2 n),
         # which bounds ‖∇²h(W + D) − ∇²h(W)‖ / ‖D‖ by the mean value theorem.
         return self._max_row_norm * self._a_norm_sq / (math.sqrt(2.0) * self.n_samples)
+
+    @property
+    def local_bound_cost(self):
+        """Hessian-vector products that one :meth:`hessian_lipschitz_at` costs (counted as CG cost)."""
+        return max(1, math.ceil(self.n_features / (2 * self.n_classes)))
+
+    def hessian_lipschitz_at(self, x, theta, radius):
+        r"""Lipschitz constant of the Hessian on the ball :math:`\|W' - W\| \le` ``radius`` around ``x = W``.
+
+        Row ``i`` contributes :math:`\sqrt2\|a_i\|\,\|D\|\,\tau_i\|V^Ta_i\|^2` to
+        :math:`|D^3\mathrm{CE}[D, V, V]|` (see :meth:`hessian_lipschitz`), where :math:`\tau_i`
+        bounds :math:`\mathrm{Var}_{s'}(\beta)/\|\beta\|^2` over the ball: scores move by at most
+        :math:`\|a_i\|r`, so :math:`s'_{ik} \le e^{2\|a_i\|r}s_{ik}`, and the variance is at most
+        the second moment about :math:`\beta_m` (``m`` the most likely class at ``W``):
+        :math:`\tau_i = \min(\tfrac12, 2e^{2\|a_i\|r}(1 - s_{im} + 8u))`.  Hence
+        :math:`L_H \le \sqrt2\,\lambda_{max}(A^T\mathrm{diag}(\|a_i\|\tau_i)A)/n`, never above
+        :meth:`hessian_lipschitz` and much below it when the predictions are confident.  Costs one
+        ``d x d`` Gram matrix (``local_bound_cost`` Hessian-vector products).
+        """
+        _check_w(x, self.x_shape)
+        xp = self.xp
+        r = float(radius)
+        u = float(np.finfo(self.dtype).eps) / 2.0
+        _, st = self._cm.softmax_ce(x)
+        rest = 1.0 - st.max(axis=0).astype(xp.float64)  # 1 - s_im
+        tau = xp.minimum(0.5, 2.0 * xp.exp(2.0 * r * self._row_norms) * (rest + 8.0 * u))
+        ft = self._cm.ft.astype(xp.float64, copy=False)
+        gram = (ft * (self._row_norms * tau)) @ ft.T
+        lam = float(xp.linalg.eigvalsh(gram)[-1]) * (1.0 + _EIG_SLACK) + 16.0 * self.n_features * u * float(
+            xp.abs(gram).max())
+        return min(math.sqrt(2.0) * lam / self.n_samples, self.hessian_lipschitz(theta))
 
     def mixed_lipschitz(self, theta):
         # J(W) = ∂θ∇ₓh = diag(e^θ ⊙ W) is linear in W with ‖J(W) − J(W')‖ ≤ max e^θ ‖W − W'‖.
