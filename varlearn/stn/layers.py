@@ -116,18 +116,19 @@ class Geometry:
     def __repr__(self):
         return "Geometry(batch={}, height={}, width={}, kernel_size={})".format(*self.key())
 
-    def blocks(self, rows, itemsize, xp, per_image=False):
+    def blocks(self, rows, itemsize, xp):
         """Work blocks ``(b0, b1, s, e)``: images ``b0:b1``, local flat positions ``[s, e)`` of each.
 
         The local positions ``[lo, S - lo)`` (``S = hp * wp``) of an image hold
         all its outputs; a block's im2col array ``(b1 - b0, rows, e - s)`` has
-        about ``_BLOCK_BYTES`` bytes.  On NumPy (or with ``per_image``) a block
-        lies in one image, so that one GEMM with that image's kernel computes it.
+        about ``_BLOCK_BYTES`` bytes.  On NumPy a block lies in one image (one
+        GEMM per block, written in place); on CuPy a block holds several whole
+        images when they fit (one batched GEMM).
         """
         sz = self.hp * self.wp
         lo, hi = self.lo, sz - self.lo
         m = max(256, _BLOCK_BYTES[xp_name(xp)] // max(1, rows * itemsize))
-        if xp_name(xp) == "cupy" and not per_image and hi - lo <= m:
+        if xp_name(xp) == "cupy" and hi - lo <= m:
             c = max(1, min(self.batch, m // (hi - lo)))
             return [(b0, min(self.batch, b0 + c), lo, hi) for b0 in range(0, self.batch, c)]
         nb = -(-(hi - lo) // m)
@@ -195,8 +196,8 @@ def _check_kernel(w, c_in, batch=None, name="w"):
         raise ValueError(f"{name} must have shape {lead}(C_out, {c_in}, k, k), got shape {tuple(w.shape)}")
 
 
-def _work(xp, geom, rows, dtype, per_image):
-    blocks = geom.blocks(rows, np.dtype(dtype).itemsize, xp, per_image)
+def _work(xp, geom, rows, dtype):
+    blocks = geom.blocks(rows, np.dtype(dtype).itemsize, xp)
     nb = max(b1 - b0 for b0, b1, _, _ in blocks)
     m = max(e - s for _, _, s, e in blocks)
     return blocks, xp.empty((nb, rows, m), dtype=dtype)
@@ -221,7 +222,7 @@ def conv_padded(xf, w, geom, out=None, bias=None):
     if out is None:
         out = xp.empty((co, geom.n), dtype=xf.dtype)
     rows = k * k * ci
-    blocks, cols = _work(xp, geom, rows, xf.dtype, per)
+    blocks, cols = _work(xp, geom, rows, xf.dtype)
     cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
     x3, o3 = xf.reshape(ci, geom.batch, -1), out.reshape(co, geom.batch, -1)
     if bias is not None:
@@ -263,7 +264,7 @@ def conv_padded_weight_grad(xf, gf, geom, per_example=False):
     xp = get_namespace(xf, gf)
     ci, co, k = xf.shape[0], gf.shape[0], geom.kernel_size
     rows = k * k * ci
-    blocks, cols = _work(xp, geom, rows, xf.dtype, per_example)
+    blocks, cols = _work(xp, geom, rows, xf.dtype)
     cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
     x3, g3 = xf.reshape(ci, geom.batch, -1), gf.reshape(co, geom.batch, -1)
     acc = xp.zeros((geom.batch if per_example else 1, co, rows), dtype=xf.dtype)
