@@ -646,7 +646,8 @@ def test_threads_caps_numba_and_blas_together(pairs16, tmp_path, monkeypatch):
     finally:
         _accel.set_threads(old)
     assert seen == {"kernels": 1, "blas": [1]}
-    assert json.loads((tmp_path / "r" / "params.json").read_text())["threads"] == 1
+    params = json.loads((tmp_path / "r" / "params.json").read_text())
+    assert params["threads"] == 1 and params["thread_policy"]["setting"] == 1
 
 
 def test_compile_notice_is_one_line_before_the_first_compile(capsys):

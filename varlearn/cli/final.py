@@ -114,6 +114,15 @@ def _write_figures(run, model, history, names, clean, noisy, x0, x1, psnr, param
     return [str(Path(p).relative_to(run)) for p in written]
 
 
+def _thread_policy(backend):
+    """The package's thread policy in effect (``varlearn.thread_info()``); ``None`` on the GPU."""
+    if backend != "numpy":
+        return None
+    from .. import _accel
+
+    return _accel.thread_info()
+
+
 def finish(s, res, threads, quiet=False, figures=True):
     """Tight solves at θ0 and θ, PSNR, history.csv, figures, params.json, summary; returns the exit status."""
     run, cfg, problem = s["run"], s["cfg"], s["problem"]
@@ -147,7 +156,7 @@ def finish(s, res, threads, quiet=False, figures=True):
               "learned_mean": means["learned"],
               "per_image": [{"name": n, "noisy": a, "initial": b, "learned": c}
                             for n, a, b, c in zip(s["names"], psnr["noisy"], psnr["initial"], psnr["learned"])]},
-        backend=s["backend"], dtype=cfg["dtype"], threads=threads,
+        backend=s["backend"], dtype=cfg["dtype"], threads=threads, thread_policy=_thread_policy(s["backend"]),
         files={"config": runfolder.CONFIG_FILE, "checkpoint": runfolder.CHECKPOINT_FILE,
                "history": runfolder.HISTORY_FILE, "figures": written},
         figures_error=fig_error, versions=versions(include_cupy=s["backend"] == "cupy"), finished=runfolder.now(),
