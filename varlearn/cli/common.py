@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..backend import cupy_unusable_reason, cupy_usable
-from .errors import CliError
+from .errors import CliError, Failure
 
 logger = logging.getLogger("varlearn")
 
@@ -78,6 +78,25 @@ def add_threads_argument(parser):
     parser.add_argument("--threads", type=thread_count, default="auto", metavar="N|auto",
                         help="CPU threads of the numba kernels and of BLAS together (default auto: the cores "
                              "the 1-minute load average leaves idle, at least one)")
+
+
+@contextlib.contextmanager
+def input_errors(words=str):
+    """Report the library's bad-input exceptions raised in the block as :class:`CliError` (exit 2).
+
+    ``ValueError`` (``DataError``, ``CheckpointError``, ``varlearn.io.ParamsError``...),
+    ``FileNotFoundError``, ``NotADirectoryError`` and ``PermissionError`` become
+    ``CliError(words(exc))``; a failed download (``DownloadError``) becomes
+    :class:`~.errors.Failure` (exit 1).
+    """
+    from ..datasets import DownloadError
+
+    try:
+        yield
+    except DownloadError as exc:
+        raise Failure(str(exc)) from exc
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise CliError(words(exc)) from exc
 
 
 def check_backend(name, flag="--backend"):

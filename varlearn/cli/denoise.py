@@ -11,7 +11,7 @@ from .._io import atomic_write_bytes
 from ..backend import to_device, to_numpy
 from ..problems import DenoisingProblem
 from . import stn
-from .common import add_threads_argument, check_backend, thread_limit
+from .common import add_threads_argument, check_backend, input_errors, thread_limit
 from .data import cli_words
 from .errors import EXIT_OK, CliError, Interrupted, warn
 from .final import DEFAULT_PIXEL_TOL, FINAL_MAXITER, final_solve
@@ -130,10 +130,8 @@ def _prepare(args):
 
 
 def run(args):
-    try:
+    with input_errors(cli_words):
         loaded, files, targets, images, out_dir = _prepare(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        raise CliError(cli_words(exc)) from exc
     with thread_limit(args.threads, enabled=args.backend == "numpy"):
         n_warn = _denoise_files(args, loaded, files, targets, images)
     if not args.quiet:

@@ -10,12 +10,19 @@ from .. import io
 from .._io import from_json_value
 from ..backend import to_device
 from ..bilevel import CheckpointError, load_checkpoint, minimize_bilevel, resolve_options
-from ..datasets import DownloadError
 from ..problems import DenoisingProblem, SquaredError
 from . import data, final
 from . import run as runfolder
-from .common import add_threads_argument, check_backend, positive_float, thread_limit, verbose_logging, versions
-from .errors import CliError, Failure, Interrupted, note
+from .common import (
+    add_threads_argument,
+    check_backend,
+    input_errors,
+    positive_float,
+    thread_limit,
+    verbose_logging,
+    versions,
+)
+from .errors import CliError, Interrupted, note
 from .progress import Progress, compile_notice
 
 NAME = "learn"
@@ -275,13 +282,8 @@ def prepare(args):
 
 def run(args):
     with verbose_logging(args.verbose):
-        try:
+        with input_errors(data.cli_words):
             s = prepare(args)
-        except DownloadError as exc:
-            raise Failure(str(exc)) from exc
-        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            # DataError, CheckpointError and io.ParamsError are ValueErrors too
-            raise CliError(data.cli_words(exc)) from exc
         with thread_limit(args.threads, enabled=s["backend"] == "numpy") as threads:
             res = _optimise(args, s)
             try:
