@@ -10,6 +10,7 @@ from .. import io
 from .._io import from_json_value
 from ..backend import to_device
 from ..bilevel import CheckpointError, load_checkpoint, minimize_bilevel, resolve_options
+from ..metrics import mean_psnr
 from ..problems import DenoisingProblem, SquaredError
 from . import data, final
 from . import run as runfolder
@@ -322,12 +323,22 @@ def _optimise(args, s):
         raise CliError(str(exc)) from exc
 
 
+def _mean_psnr(x, clean):
+    """Mean PSNR per image for the progress line (the convention of the final report: [0, 1], no clipping)."""
+    if x is None:
+        return math.nan
+    try:
+        return mean_psnr(x, clean)
+    except ValueError:  # NaN pixels: the optimiser reports them itself
+        return math.nan
+
+
 def _progress_callback(bar, upper, history):
     def callback(r):
         if r.get("history") is not None:
             history.update(r.history)
         row = r.row
-        psnr = upper.psnr(r.x) if r.get("x") is not None else math.nan
+        psnr = _mean_psnr(r.get("x"), upper.clean)
         acc = " (no step)" if row.get("accepted") is False else ""
         bar.update(r.nit, f"loss {row['fun']:.5g} eps {row['eps']:.2e} PSNR {psnr:.2f} dB "
                           f"cost {int(row['cost'])}{acc}")
