@@ -34,10 +34,10 @@ from varlearn.stn import experiment as X
 
 FULL = {"size": 128, "n_train": 20, "n_val": 4, "sigmas": "15,25,50", "seeds": 3, "steps": 120, "depth": 5,
         "channels": 16, "batch_size": 16, "patch_size": 32, "val_patch_size": 48, "test_builtin": "camera,moon,coins,"
-        "astronaut,coffee,chelsea", "factor": 1.5, "tv_budget": 3000.0}
-QUICK = {"size": 48, "n_train": 3, "n_val": 1, "sigmas": "25", "seeds": 2, "steps": 40, "depth": 3, "channels": 6,
-         "batch_size": 4, "patch_size": 16, "val_patch_size": 24, "test_builtin": "camera,moon", "factor": 2.0,
-         "tv_budget": 200.0}
+        "astronaut,coffee,chelsea", "factor": 1.5, "tv_budget": 3000.0, "lr": 1e-3}
+QUICK = {"size": 48, "n_train": 3, "n_val": 1, "sigmas": "25", "seeds": 2, "steps": 30, "depth": 3, "channels": 6,
+         "batch_size": 4, "patch_size": 16, "val_patch_size": 16, "test_builtin": "camera,moon", "factor": 1.5,
+         "tv_budget": 200.0, "lr": 3e-3}
 FIRST_TRAIN = 4  # Kodak 5-24 are indices 4..23
 
 
@@ -89,7 +89,7 @@ def main(argv=None):
     val = [vl.backend.to_device(pool[i].astype(np.float32), xp) for i in va]
     options = {"batch_size": args.batch_size, "patch_size": args.patch_size, "val_batch_size": 8,
                "val_patch_size": args.val_patch_size, "n_eval": 32 if not args.quick else 4,
-               "max_steps": args.steps, "eval_every": max(1, args.steps // 8), "lr": 1e-3, "hyper_lr": 3e-2}
+               "max_steps": args.steps, "eval_every": max(1, args.steps // 8), "lr": args.lr, "hyper_lr": 3e-2}
     scale = {k: getattr(args, k) for k in FULL} | {"train_images": [pool_names[i] for i in tr],
                                                   "val_images": [pool_names[i] for i in va], "test_images": test_names,
                                                   "options": options, "full": FULL, "reduced": True}
@@ -98,7 +98,7 @@ def main(argv=None):
                      f"{args.batch_size} patches {args.patch_size}x{args.patch_size} (STN spec: BSD400, 8-10 layers, "
                      f"32-64 channels, batch 64-128 of 40x40)")
     print(scale["note"], flush=True)
-    metrics = {"scale": scale, "machine": E.machine_info(args.backend), "sigmas": {}}
+    metrics = {"scale": scale, "machine": E.machine_info(args.backend), "sigmas": {}, "figures": {}}
 
     def make(n_hyper, seed):
         return X.make_model("dncnn", n_hyper, {"depth": args.depth, "channels": args.channels}, xp=xp, seed=seed)
@@ -120,7 +120,7 @@ def main(argv=None):
                 entry["runs"].append({"seed": seed, **res})
             entry["summary"] = summarize(entry)
             metrics["sigmas"][key] = entry
-            figures(entry, key, out)
+            metrics["figures"].update(figures(entry, key, out))
             print_summary(key, entry["summary"])
     metrics["wall_time"] = time.perf_counter() - t_start
     E.write_metrics(out / "metrics.json", metrics)
@@ -165,7 +165,9 @@ def summarize(entry):
 
 
 def figures(entry, key, out):
+    """The cost plots (first seed) and the schedules (every seed) of one σ; returns {label: file name}."""
     r0 = entry["runs"][0]
+    names = {f"{x}_{key}": f"stn_{x}_sigma{key}.png" for x in ("cost", "time", "schedules")}
     for x in ("cost", "time"):
         curves = {"STN (one run)": X.stn_curve(r0["stn"]["history"], x)}
         for m in ("random", "grid"):
@@ -175,6 +177,7 @@ def figures(entry, key, out):
                     title=f"σ = {key}/255, seed {r0['seed']}")
     X.plot_schedules({f"seed {r['seed']}": r["stn"]["history"] for r in entry["runs"]},
                      out / f"stn_schedules_sigma{key}.png")
+    return names
 
 
 def print_summary(key, s):

@@ -293,10 +293,23 @@ def _out_folder(args):
     return run
 
 
+def _flag_words(msg):
+    """A trainer message with option names (``patch_size=40``, ``lr must``) spelled as the flags."""
+    import re  # noqa: PLC0415
+
+    keys = "|".join(sorted(_FLAGS, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({keys})(=| must)", lambda m: _FLAGS[m.group(1)] + (" " if m.group(2) == "=" else
+                                                                                      m.group(2)), msg)
+
+
 # --------------------------------------------------------------------------- data and model
 def _prepare(args):
     new = args.resume is None
-    run, cfg = (_out_folder(args), _new_config(args)) if new else _resume_config(args)
+    if new:
+        cfg = _new_config(args)  # checks every argument before anything in --out is touched
+        run = _out_folder(args)
+    else:
+        run, cfg = _resume_config(args)
     check_backend(cfg["backend"])
     clean, _, names = data.load_data(cfg["data"])
     n_val = cfg["val"] if cfg["val"] is not None else max(1, round(clean.shape[0] / 5))
@@ -325,10 +338,7 @@ def _prepare(args):
         else:
             X.make_hyper(cfg["tune"])  # the trial options are checked by the search itself
     except ValueError as exc:
-        msg = str(exc)
-        for k, flag in _FLAGS.items():
-            msg = msg.replace(f"{k}=", f"{flag} ").replace(f"{k} must", f"{flag} must")
-        raise CliError(msg) from exc
+        raise CliError(_flag_words(str(exc))) from exc
     if new:
         cfg["created"] = _now()
         cfg["versions"] = versions(include_cupy=cfg["backend"] == "cupy")
@@ -429,7 +439,7 @@ def _run_search(args, s):
     except KeyboardInterrupt as exc:
         raise Interrupted(f"a search is not checkpointed; nothing was kept in {run}", exc) from None
     except ValueError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(_flag_words(str(exc))) from exc
     eq = res["equal"]
     if eq.best is None:
         raise CliError(f"--budget {budget:g} is below the cost of one trial ({eq.trial_cost:g})")
