@@ -25,6 +25,7 @@ from .backend import get_namespace, to_numpy
 
 __all__ = [
     "CheckReport",
+    "observed_constants",
     "check_adjoint",
     "check_grad",
     "check_hvp",
@@ -358,3 +359,58 @@ def check_hypergradient(problem, upper, theta, *, rng=None, n_dirs=2, h=1e-4, to
         rows.append((an, fd))
     return _finish(CheckReport("hypergradient", worst <= rtol, {"relative_error": worst},
                                {"pairs": rows, "grad": to_numpy(g)}), raise_error)
+
+
+def observed_constants(problem, theta, x, radius, *, n_pairs=4, n_power=8, rng=None):
+    r"""Observed lower estimates of the constants of the hypergradient bound near ``x``, to compare with
+    the claimed ones (``hessian_lipschitz_at``, ``mixed_lipschitz_at``, ``mixed_norm_bound``).
+
+    For ``n_pairs`` random pairs :math:`x_1, x_2` in the ball of ``radius`` around ``x``:
+    :math:`\|H(x_1) - H(x_2)\|/\|x_1 - x_2\|` by ``n_power`` power iterations on
+    :math:`(H(x_1) - H(x_2))^2`, and :math:`\|(J(x_1) - J(x_2))^Tw\|/(\|w\|\|x_1 - x_2\|)` for the
+    left singular direction found by power iteration on :math:`JJ^T` at ``x``; :math:`\|J(x)\|` by
+    ``n_power`` power iterations on :math:`JJ^T` with :math:`Jd` a central difference of the
+    gradient in θ (step ``1e-5``).  Every value is attained by some pair or vector, so it is a
+    lower bound on the true constant: a claimed constant below it is wrong.
+
+    Returns a dict with ``L_H``, ``L_J``, ``J_norm`` (observed) and ``claimed_L_H``,
+    ``claimed_L_J``, ``claimed_J_norm`` (what the problem reports, ``None`` when unknown).
+    """
+    rng = _rng(rng)
+    xp = problem.xp
+
+    def unit(shape):
+        v = _randn(rng, shape, x)
+        return v / math.sqrt(_dot(v, v))
+
+    h = 1e-5 * max(1.0, float(xp.abs(theta).max()))
+    w = unit(x.shape)
+    sigma = 0.0
+    for _ in range(n_power):
+        d = problem.mixed_vjp(x, theta, w)
+        d = d / math.sqrt(max(_dot(d, d), 1e-300))
+        jd = (problem.grad(x, theta + h * d) - problem.grad(x, theta - h * d)) / (2 * h)
+        sigma = math.sqrt(_dot(jd, jd))
+        if sigma == 0:
+            break
+        w = jd / sigma
+    L_H = L_J = 0.0
+    for _ in range(n_pairs):
+        x1 = x + rng.uniform() * radius * unit(x.shape)
+        x2 = x + rng.uniform() * radius * unit(x.shape)
+        dist = math.sqrt(_dot(x1 - x2, x1 - x2))
+        v = unit(x.shape)
+        lam = 0.0
+        for _ in range(n_power):
+            dv = problem.hvp(x1, theta, v) - problem.hvp(x2, theta, v)
+            lam = math.sqrt(_dot(dv, dv))
+            if lam == 0:
+                break
+            v = dv / lam
+        L_H = max(L_H, lam / dist)
+        dj = problem.mixed_vjp(x1, theta, w) - problem.mixed_vjp(x2, theta, w)
+        L_J = max(L_J, math.sqrt(_dot(dj, dj)) / dist)
+    return {"L_H": L_H, "L_J": L_J, "J_norm": sigma,
+            "claimed_L_H": problem.hessian_lipschitz_at(x, theta, radius),
+            "claimed_L_J": problem.mixed_lipschitz_at(x, theta, radius),
+            "claimed_J_norm": problem.mixed_norm_bound(x, theta)}

@@ -131,8 +131,12 @@ def mixed_lipschitz_at(reg, x, theta, radius):
     Tap block of filter ``i``: :math:`J(x)d - J(x')d = \lambda_i[D_d^T(\varphi'(u_i) - \varphi'(u_i'))
     + K_i^T((\varphi''(u_i) - \varphi''(u_i'))\odot D_dx) + K_i^T(\varphi''(u_i')\odot D_d(x - x'))]`, so
     its constant is :math:`\lambda_ib_i[2(2s-1)\sup\varphi''_i + \sup|\varphi'''_i|\,\|k_i\|_1
-    (X + (2s-1)r)]` with :math:`X = (\sum_pP_p)^{1/2} \ge \|D_dx\|/\|d\|` at ``x``; the other
-    columns as in :func:`mixed_lipschitz`.
+    (X + (2s-1)r)]` with :math:`X = (\sum_pP_p)^{1/2} \ge \|D_dx\|/\|d\|` at ``x``, or with
+    :math:`\|k_i\|_1(X + (2s-1)r)` replaced by :math:`b_i(X_\infty + 2r)`,
+    :math:`X_\infty = \max_pP_p^{1/2} \ge \|D_dx\|_\infty/\|d\|` (bounding the middle term by
+    :math:`\|\varphi''(u_i) - \varphi''(u_i')\|_2\|D_dx\|_\infty` instead of the sup-norm of the first
+    factor times :math:`\|D_dx\|`; a patch of the reflect-padded :math:`x' - x` has norm at most
+    :math:`2\|x' - x\|`), whichever is smaller.  The other columns as in :func:`mixed_lipschitz`.
     """
     total = _fixed_columns(reg, theta)
     if total is None:
@@ -145,9 +149,13 @@ def mixed_lipschitz_at(reg, x, theta, radius):
     d3 = _per_filter(reg.potential.d3_max, nu)
     if not np.all(np.isfinite(d3)):
         return None
-    x_f = math.sqrt(float(_patch_energy(as_stack(x), s).sum())) + (2 * s - 1) * float(radius)
-    tap = lam * b * (2.0 * (2 * s - 1) * _per_filter(reg.potential.d2_max, nu)
-                     + d3 * np.abs(taps).sum(axis=(1, 2)) * x_f)
+    energy = _patch_energy(as_stack(x), s)
+    r = float(radius)
+    x_f = math.sqrt(float(energy.sum())) + (2 * s - 1) * r
+    x_patch = math.sqrt(float(energy.max())) + 2.0 * r
+    # the middle term two ways: sup-norm of the phi'' change times |D_d x|, or its 2-norm times max |D_d x|
+    mid = d3 * np.minimum(np.abs(taps).sum(axis=(1, 2)) * x_f, b * x_patch)
+    tap = lam * b * (2.0 * (2 * s - 1) * _per_filter(reg.potential.d2_max, nu) + mid)
     return math.sqrt(total + float(np.sum(tap * tap)))
 
 
