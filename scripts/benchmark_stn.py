@@ -1,7 +1,8 @@
 """Benchmark of the STN layers and of one STN training step against PyTorch, side by side.
 
 Times, in one run and with the same number of threads for both libraries
-(``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
+(``varlearn.threads`` and ``threadpoolctl`` for NumPy's BLAS,
+``torch.set_num_threads``):
 
 * one plain convolution ``C -> C`` (3x3, "same" zero padding) forward + backward
   (input and kernel gradients) on a batch ``B x C x S x S``: varlearn's NCHW
@@ -316,8 +317,12 @@ def main(argv=None):
         args.batch, args.repeat, args.steps = 4, 2, 10
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
+    import varlearn  # noqa: PLC0415
+
+
     rng = np.random.default_rng(0)
-    with threadpool_limits(args.threads):
+    # varlearn's own thread policy ("auto") would otherwise give BLAS one thread
+    with varlearn.threads(args.threads), threadpool_limits(args.threads):
         nchw, padded = varlearn_conv(args.batch, args.channels, args.size, rng)
         step, model = varlearn_step(args, rng)
         cases = {"conv fwd+bwd, varlearn NCHW": nchw, "conv fwd+bwd, varlearn padded": padded,
