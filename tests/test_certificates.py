@@ -274,3 +274,35 @@ def test_property_smoke():
 def test_property_full():
     ratios = [_check_case(seed) for seed in range(20, 1020)]
     assert max(ratios) > 1e-2
+
+
+# ---------------------------------------------------------------------- claimed constants hold
+def _claim_models():
+    rng = np.random.default_rng(5)
+    prob, upper, theta = _ill_quadratic(rng, 1e3)
+    yield "quadratic", prob, theta
+    clean = rng.uniform(size=(2, 10, 10))
+    yield "tv", vl.DenoisingProblem(clean + 0.1 * rng.standard_normal(clean.shape), vl.TotalVariation()), \
+        np.array([-2.0, -4.0])
+    reg = vl.FieldOfExperts(n_filters=3, size=5, rng=1)
+    yield "foe", vl.DenoisingProblem(clean + 0.1 * rng.standard_normal(clean.shape), reg), reg.init_params()
+    A = rng.standard_normal((300, 6))
+    y = rng.integers(0, 4, 300)
+    y[:4] = np.arange(4)
+    prob = vl.MultinomialLogisticProblem(A, y, 4)
+    yield "logistic", prob, np.full(prob.n_params, -2.0)
+
+
+@pytest.mark.parametrize("radius", [1e-3, 0.3])
+def test_claimed_constants_are_never_below_the_observed(radius):
+    """Every model's claimed L_H, L_J and ‖J‖ (now all exact) are at least the observed values."""
+    from varlearn.testing import observed_constants
+
+    for name, prob, theta in _claim_models():
+        x = _quiet(vl.solve_lower, prob, theta, 1e-8).x
+        obs = observed_constants(prob, theta, x, radius, rng=1)
+        for key in ("L_H", "L_J", "J_norm"):
+            claimed = obs["claimed_" + key]
+            assert claimed is not None and obs[key] <= claimed * (1 + 1e-6) + 1e-12, (name, key, obs)
+        if name != "quadratic":
+            assert obs["L_H"] > 0 and obs["L_J"] > 0  # the observation is not vacuous
