@@ -189,3 +189,19 @@ def test_auto_does_not_override_a_callers_blas_limit(monkeypatch):
         assert vl.get_threads() == 2
         assert blas_threads() == [3]
     assert blas_threads() == [1]
+
+
+def test_others_load_subtracts_this_process(monkeypatch):
+    """Busy time of all cores minus this process's CPU time, over the time since the last sample."""
+    busy = {"all": 100.0, "own": 10.0}
+    monkeypatch.setattr(_accel, "_proc_busy_seconds", lambda: busy["all"])
+    monkeypatch.setattr(_accel.time, "process_time", lambda: busy["own"])
+    monkeypatch.setattr(_accel, "_runnable_others", lambda: 0.25)
+    monkeypatch.setitem(_accel._state, "sample", None)
+    assert _accel._others_load(1000.0) == 0.25  # no earlier sample: the runnable threads of others
+    busy.update({"all": 103.0, "own": 11.0})  # 2 s later: 3 busy core-seconds, 1 of them ours
+    assert _accel._others_load(1002.0) == pytest.approx(1.0)
+    busy.update({"all": 103.5, "own": 11.5})  # only this process was busy
+    assert _accel._others_load(1004.0) == pytest.approx(0.0)
+    busy.update({"all": 103.6})
+    assert _accel._others_load(1004.1) == 0.25  # too short a window: the snapshot again

@@ -378,9 +378,11 @@ def run_chunks(kernel, n_chunks, args, n_threads=None):
     ``kernel`` must release the GIL (numba ``nogil=True``) and write only its
     own chunks' outputs.  ``n_threads`` defaults to :func:`get_threads`.  The
     chunks are cut into ``_PARTS_PER_THREAD`` contiguous parts per thread that
-    the threads (the calling one included) take in turn, so a thread that
-    shares its core with another job does less of the work instead of holding
-    up the call; threads waiting for work sleep (nothing spins).
+    the threads (the calling one included) take in turn, and the call returns
+    as soon as every part is done: a thread that shares its core with another
+    job, or that wakes up late, does less of the work (or none) instead of
+    holding up the call.  Threads waiting for work sleep (nothing spins).
+    The first exception raised by a part is re-raised.
     """
     n = get_threads() if n_threads is None else int(n_threads)
     n = max(1, min(n, n_chunks))
@@ -390,20 +392,30 @@ def run_chunks(kernel, n_chunks, args, n_threads=None):
     n_parts = min(n_chunks, _PARTS_PER_THREAD * n)
     bounds = [(i * n_chunks) // n_parts for i in range(n_parts + 1)]
     counter = itertools.count()  # next() on it is atomic under the GIL
+    lock = threading.Lock()
+    finished = threading.Event()
+    state = {"done": 0, "error": None}
 
     def work():
         for i in iter(counter.__next__, None):
             if i >= n_parts:
                 return
-            kernel(*args, bounds[i], bounds[i + 1])
+            try:
+                kernel(*args, bounds[i], bounds[i + 1])
+            except BaseException as exc:  # re-raised by the caller
+                state["error"] = state["error"] or exc
+            with lock:
+                state["done"] += 1
+                if state["done"] == n_parts:
+                    finished.set()
 
     ex = _executor(n - 1)
-    futures = [ex.submit(work) for _ in range(n - 1)]
-    try:
-        work()
-    finally:
-        for f in futures:
-            f.result()
+    for _ in range(n - 1):
+        ex.submit(work)
+    work()
+    finished.wait()
+    if state["error"] is not None:
+        raise state["error"]
 
 
 # ====================================================================== compile notice
