@@ -64,8 +64,7 @@ from varlearn.stn.layers import (  # noqa: E402
     conv2d,
     conv2d_backward,
     conv_padded,
-    conv_padded_input_grad,
-    conv_padded_weight_grad,
+    conv_padded_backward,
     to_padded,
 )
 from varlearn.stn.optim import Adam  # noqa: E402
@@ -112,8 +111,7 @@ def varlearn_conv(b, c, s, rng):
 
     def padded():
         conv_padded(xf, w, geom)
-        conv_padded_input_grad(gf, w, geom)
-        conv_padded_weight_grad(xf, gf, geom)
+        conv_padded_backward(xf, gf, w, geom)
 
     return nchw, padded
 

@@ -11,6 +11,7 @@ from varlearn.stn.layers import (
     conv2d,
     conv2d_backward,
     conv_padded,
+    conv_padded_backward,
     conv_padded_input_grad,
     conv_padded_weight_grad,
     from_padded,
@@ -79,9 +80,16 @@ def test_multi_image_blocks_give_the_same_result(monkeypatch):
         return [zero_border(conv_padded(x, w_shared, geom, bias=bias[:, 0]), geom),
                 zero_border(conv_padded(x, w_per, geom, bias=bias), geom),
                 conv_padded_input_grad(g, w_per, geom), conv_padded_weight_grad(x, g, geom),
-                conv_padded_weight_grad(x, g, geom, per_example=True)]
+                conv_padded_weight_grad(x, g, geom, per_example=True),
+                *conv_padded_backward(x, g, w_per, geom, per_example=True),
+                *conv_padded_backward(x, g, w_shared, geom)]
 
     ref = run()
+    # the fused backward equals the separate input and kernel gradients
+    np.testing.assert_allclose(ref[5], ref[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ref[6], ref[4], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ref[7], conv_padded_input_grad(g, w_shared, geom), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ref[8], ref[3], rtol=1e-12, atol=1e-12)
     sz, lo = geom.hp * geom.wp, geom.lo
     mid = (lo + sz - lo) // 2
     blocks = [(b0, min(5, b0 + 2), s, e) for b0 in range(0, 5, 2) for s, e in ((lo, mid), (mid, sz - lo))]

@@ -68,6 +68,7 @@ __all__ = [
     "conv_padded",
     "conv_padded_input_grad",
     "conv_padded_weight_grad",
+    "conv_padded_backward",
     "conv2d",
     "conv2d_backward",
     "relu",
@@ -211,6 +212,16 @@ def conv_padded(xf, w, geom, out=None, bias=None):
     is ``(C_out,)`` or ``(C_out, B)``.  The border positions of ``out``
     ``(C_out, N)`` hold unspecified values afterwards (call :func:`zero_border`).
     """
+    return _correlate(xf, w, geom, out=out, bias=bias)[0]
+
+
+def _correlate(xf, w, geom, out=None, bias=None, partner=None, per_example=False):
+    """:func:`conv_padded`; with ``partner`` ``(C_p, N)`` also ``acc[., r, c] = Σ_q cols[r, q] partner[c, q]``.
+
+    ``acc`` reuses each block's im2col matrix ``cols`` ``(k*k*C_in, m)`` while
+    it is in cache; it is ``(B, k*k*C_in, C_p)`` per example with
+    ``per_example``, else ``(1, k*k*C_in, C_p)``.
+    """
     xp = get_namespace(xf, w)
     ci = xf.shape[0]
     _check_kernel(w, ci, geom.batch)
@@ -227,6 +238,10 @@ def conv_padded(xf, w, geom, out=None, bias=None):
     x3, o3 = xf.reshape(ci, geom.batch, -1), out.reshape(co, geom.batch, -1)
     if bias is not None:
         bias = bias.astype(xf.dtype, copy=False).reshape(co, -1)
+    acc = None
+    if partner is not None:
+        p3 = partner.reshape(partner.shape[0], geom.batch, -1)
+        acc = xp.zeros((geom.batch if per_example else 1, rows, partner.shape[0]), dtype=xf.dtype)
     numpy_out = xp_name(xp) == "numpy"  # NumPy's matmul writes into strided outputs
     for blk in blocks:
         b0, b1, s, e = blk
@@ -239,7 +254,13 @@ def conv_padded(xf, w, geom, out=None, bias=None):
             o3[:, b0:b1, s:e] = xp.matmul(a, c).transpose(1, 0, 2)
         if bias is not None:
             o3[:, b0:b1, s:e] += bias[:, b0:b1, None] if bias.shape[1] > 1 else bias[:, :, None]
-    return out
+        if acc is not None:
+            prod = xp.matmul(c, p3[:, b0:b1, s:e].transpose(1, 2, 0))
+            if per_example:
+                acc[b0:b1] += prod
+            else:
+                acc[0] += prod.sum(axis=0)
+    return out, acc
 
 
 def _flip(w):
@@ -280,6 +301,22 @@ def conv_padded_weight_grad(xf, gf, geom, per_example=False):
     return xp.ascontiguousarray(dw if per_example else dw[0])
 
 
+def conv_padded_backward(xf, gf, w, geom, per_example=False):
+    r"""``(dx, dw)``: :func:`conv_padded_input_grad` and :func:`conv_padded_weight_grad` in one pass.
+
+    Both use the im2col matrix of ``gf``: with ``-d_ab = d_{k-1-a, k-1-b}``,
+    ``dw[o, c, a, b] = Σ_q gf[o, q - d_ab] xf[c, q]`` is the product of the
+    input-gradient pass's im2col block (flipped tap) with the unshifted block
+    of ``xf``, so one im2col serves both GEMMs (one copy pass less, and the
+    second GEMM reads the block while it is in cache).
+    """
+    xp = get_namespace(xf, gf)
+    k, co, ci = geom.kernel_size, gf.shape[0], xf.shape[0]
+    dx, acc = _correlate(gf, _flip(w), geom, partner=xf, per_example=per_example)
+    dw = acc.reshape(acc.shape[0], k, k, co, ci)[:, ::-1, ::-1].transpose(0, 3, 4, 1, 2)
+    return zero_border(dx, geom), xp.ascontiguousarray(dw if per_example else dw[0])
+
+
 def _nchw_geometry(x, w):
     if x.ndim != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got shape {tuple(x.shape)}")
@@ -318,9 +355,8 @@ def conv2d_backward(x, w, grad_y):
                          f"got shape {tuple(grad_y.shape)}")
     gf = to_padded(grad_y, geom)
     xf = to_padded(x, geom)
-    dx = from_padded(conv_padded_input_grad(gf, w, geom), geom)
-    dw = conv_padded_weight_grad(xf, gf, geom)
-    return dx, dw, grad_y.sum(axis=(0, 2, 3))
+    dx, dw = conv_padded_backward(xf, gf, w, geom)
+    return from_padded(dx, geom), dw, grad_y.sum(axis=(0, 2, 3))
 
 
 # ---------------------------------------------------------------------------- pointwise layers
@@ -426,8 +462,10 @@ class STNConv2d:
         x, w, gains, lam, geom = cache
         co = self.c_out
         sg = g.reshape(co, geom.batch, -1).sum(axis=2)
-        dwb = conv_padded_weight_grad(x, g, geom, per_example=True)
-        dx = conv_padded_input_grad(g, w, geom) if need_input_grad else None
+        if need_input_grad:
+            dx, dwb = conv_padded_backward(x, g, w, geom, per_example=True)
+        else:  # the im2col of x is cheaper when C_in < C_out (the first layer)
+            dx, dwb = None, conv_padded_weight_grad(x, g, geom, per_example=True)
         flat = dwb.reshape(geom.batch, co, -1)
         dgw = xp.einsum("boj,oj->bo", flat, p["K_h"].reshape(co, -1))
         dkh = xp.einsum("bo,boj->oj", gains[:, :co], flat).reshape(p["K_h"].shape)
