@@ -61,20 +61,9 @@ import numpy as np
 from ..backend import get_namespace, xp_name
 
 __all__ = [
-    "Geometry",
-    "to_padded",
-    "from_padded",
-    "zero_border",
-    "conv_padded",
-    "conv_padded_input_grad",
-    "conv_padded_weight_grad",
-    "conv_padded_backward",
-    "conv2d",
-    "conv2d_backward",
-    "relu",
-    "channel_dropout_mask",
-    "STNConv2d",
-    "STNLinear",
+    "Geometry", "to_padded", "from_padded", "zero_border", "conv_padded", "conv_padded_input_grad",
+    "conv_padded_weight_grad", "conv_padded_backward", "conv2d", "conv2d_backward", "relu",
+    "channel_dropout_mask", "STNConv2d", "STNLinear",
 ]
 
 # bytes of one im2col block (k*k*C_in, m): see the module docstring
@@ -105,17 +94,8 @@ class Geometry:
         self.hi = self.n - self.lo
         self.offsets = [(a - p) * self.wp + (b - p) for a in range(kernel_size) for b in range(kernel_size)]
 
-    def key(self):
-        return (self.batch, self.height, self.width, self.kernel_size)
-
-    def __eq__(self, other):
-        return isinstance(other, Geometry) and self.key() == other.key()
-
-    def __hash__(self):
-        return hash(self.key())
-
     def __repr__(self):
-        return "Geometry(batch={}, height={}, width={}, kernel_size={})".format(*self.key())
+        return f"Geometry({self.batch}, {self.height}, {self.width}, kernel_size={self.kernel_size})"
 
     def blocks(self, rows, itemsize, xp):
         """Work blocks ``(b0, b1, s, e)``: images ``b0:b1``, local flat positions ``[s, e)`` of each.
@@ -182,10 +162,7 @@ def _im2col(x3, blk, offsets, cols):
     b0, b1, s, e = blk
     m = e - s
     for t, d in enumerate(offsets):
-        if b1 - b0 == 1:
-            cols[0, t, :, :m] = x3[:, b0, s + d:e + d]
-        else:
-            cols[:b1 - b0, t, :, :m] = x3[:, b0:b1, s + d:e + d].transpose(1, 0, 2)
+        cols[:b1 - b0, t, :, :m] = x3[:, b0:b1, s + d:e + d].transpose(1, 0, 2)
 
 
 def _check_kernel(w, c_in, batch=None, name="w"):
@@ -269,10 +246,7 @@ def _flip(w):
 
 
 def conv_padded_input_grad(gf, w, geom, out=None):
-    """Adjoint of :func:`conv_padded` in its input for ``gf`` ``(C_out, N)`` with zero borders.
-
-    Returns ``(C_in, N)`` with zero borders.
-    """
+    """Adjoint of :func:`conv_padded` in its input: ``gf`` ``(C_out, N)`` -> ``(C_in, N)``, zero borders."""
     return zero_border(conv_padded(gf, _flip(w), geom, out=out), geom)
 
 
