@@ -174,7 +174,7 @@ def figures(entry, key, out):
             c = r0[m]["curve"]
             curves[f"{m} search"] = (c[x], c["best_val_psnr"])
         X.plot_cost(curves, out / f"stn_{x}_sigma{key}.png", x=x, stn_cost=r0["stn"]["cost"] if x == "cost" else None,
-                    title=f"σ = {key}/255, seed {r0['seed']}")
+                    title=f"σ = {key}/255, seed {r0['seed']}", ymin=r0["stn"]["noisy_val_psnr"] - 0.5)
     X.plot_schedules({f"seed {r['seed']}": r["stn"]["history"] for r in entry["runs"]},
                      out / f"stn_schedules_sigma{key}.png")
     return names

@@ -266,3 +266,12 @@ def test_split_and_hyper_helpers():
         X.make_hyper(["lambda"])
     with pytest.raises(ValueError, match="not tuned"):
         X.make_hyper(["noise"], init={"dropout": 0.1})
+
+
+def test_hyper_at_row_takes_the_rows_lambda():
+    hy = X.make_hyper(["noise", "weight_decay"])
+    row = {"u_noise": -0.4, "u_weight_decay": math.log(3e-6), "sigma_noise": 0.2, "sigma_weight_decay": 0.7}
+    h = X.hyper_at_row(hy, row)
+    assert h.values() == pytest.approx({"noise": -0.4, "weight_decay": 3e-6})
+    assert h.sigma == pytest.approx([0.2, 0.7])
+    assert hy.values() == pytest.approx({"noise": 0.0, "weight_decay": 1e-5})  # the container is not changed

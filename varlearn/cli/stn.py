@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_text, dumps_json
-from ..backend import to_device, to_numpy
+from ..backend import get_namespace, to_device, to_numpy
 from ..datasets import BUILTIN_NAMES, DownloadError, add_noise
 from ..io import read_json
 from ..plotting import plot_examples
@@ -40,6 +40,7 @@ from . import data
 from .common import add_threads_argument, check_backend, size_type, thread_limit, verbose_logging, versions
 from .errors import CliError, Failure, Interrupted, note, warn
 from .progress import Progress
+from .run import now
 
 NAME = "stn"
 HELP = "train a Self-Tuning-Network denoiser (learned network, hyperparameters tuned online)"
@@ -340,7 +341,7 @@ def _prepare(args):
     except ValueError as exc:
         raise CliError(_flag_words(str(exc))) from exc
     if new:
-        cfg["created"] = _now()
+        cfg["created"] = now()
         cfg["versions"] = versions(include_cupy=cfg["backend"] == "cupy")
         run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.json", dumps_json(cfg, indent=2))
@@ -351,17 +352,7 @@ def _prepare(args):
 
 
 def _xp(backend):
-    if backend == "numpy":
-        return np
-    import cupy  # noqa: PLC0415
-
-    return cupy
-
-
-def _now():
-    import datetime  # noqa: PLC0415
-
-    return datetime.datetime.now().isoformat(timespec="seconds")
+    return np if backend == "numpy" else get_namespace(to_device(np.zeros(1), backend))
 
 
 # --------------------------------------------------------------------------- run
@@ -455,19 +446,11 @@ def _run_search(args, s):
         curves = {f"{cfg['mode']} search": (res["curve"]["cost"], res["curve"]["best_val_psnr"])}
         if cfg["match"]:
             with contextlib.suppress(OSError, ValueError, KeyError):
-                hist = _read_history(Path(cfg["match"]["run"]) / "history.csv")
+                hist = X.read_history_csv(Path(cfg["match"]["run"]) / "history.csv")
                 curves = {"STN (one run)": X.stn_curve(hist), **curves}
         (run / "figures").mkdir(exist_ok=True)
         X.plot_cost(curves, run / "figures" / "cost.png", stn_cost=budget if cfg["match"] else None)
     return _finish(args, s, hyper, results, None)
-
-
-def _read_history(path):
-    import csv  # noqa: PLC0415
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if k in ("cost", "time", "val_psnr", "step") else v for k, v in row.items()}
-                for row in csv.DictReader(f)]
 
 
 def _finish(args, s, hyper, results, history):

@@ -36,7 +36,7 @@ from .models import DnCNNSTN, VariationalSTN
 
 __all__ = ["HYPER_SPECS", "DEFAULT_TUNE", "MODEL_DEFAULTS", "make_hyper", "split_by_image", "make_model",
            "hyper_at_row", "equal_cost_search", "compare_at_equal_cost", "quality", "mean_std", "plot_val_psnr",
-           "plot_schedules", "plot_cost", "stn_curve"]
+           "plot_schedules", "plot_cost", "stn_curve", "read_history_csv"]
 
 #: the tunable hyperparameters of the front ends: initial value, range, transform, search box
 HYPER_SPECS = {
@@ -339,18 +339,27 @@ def plot_schedules(histories, path):
     return _save(fig, path)
 
 
-def plot_cost(curves, path, *, x="cost", stn_cost=None, title=None):
+def plot_cost(curves, path, *, x="cost", stn_cost=None, title=None, ymin=None):
     """Best validation PSNR so far against cost (or seconds, ``x="time"``) for every method.
 
-    ``curves`` maps a label to ``(xs, best_psnr)`` arrays, drawn as staircases;
-    ``stn_cost`` draws the equal-cost line.
+    ``curves`` maps a label to ``(xs, best_psnr)`` arrays, drawn as staircases
+    with a marker at every point and continued to the largest x of all curves;
+    ``stn_cost`` draws the equal-cost line, ``ymin`` the lower y limit (e.g. the
+    noisy PSNR, so that an untrained network's first value does not flatten the plot).
     """
     fig = _figure(6.5, 4.2)
     ax = fig.add_subplot()
+    x_end = max((float(np.max(xs)) for xs, _ in curves.values() if len(xs)), default=1.0)
     for label, (xs, ys) in curves.items():
-        ax.step(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), where="post", label=label)
+        xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        if not xs.size:
+            continue
+        line = ax.step(np.append(xs, x_end), np.append(ys, ys[-1]), where="post", label=label)[0]
+        ax.plot(xs, ys, "o", ms=3, color=line.get_color())
     if stn_cost is not None:
         ax.axvline(stn_cost, color="gray", ls=":", lw=1, label="cost of the STN run")
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
     ax.set_xlabel("cost (pixel passes)" if x == "cost" else "wall time (s)")
     ax.set_ylabel("best validation PSNR so far (dB)")
     if title:
@@ -358,6 +367,20 @@ def plot_cost(curves, path, *, x="cost", stn_cost=None, title=None):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def read_history_csv(path):
+    """The rows of a ``history.csv`` written by ``varlearn stn`` (numbers as floats, the rest as text)."""
+    import csv  # noqa: PLC0415
+
+    def conv(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: conv(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def stn_curve(history, x="cost"):
