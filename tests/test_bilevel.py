@@ -189,6 +189,17 @@ def test_a_run_without_accepted_steps_says_so():
     np.testing.assert_array_equal(r.theta, theta0)
 
 
+def test_float32_accuracy_floor_is_not_success():
+    """Issue 9: a float32 run that stopped at accuracy_floor (its attainable accuracy) reported success.
+    The floor is certified, but its bound on |grad f| is far above stationarity_rtol * |z_0|."""
+    prob, U = tv_problem()
+    p32 = vl.DenoisingProblem(prob.noisy.astype(np.float32), prob.regularizer)
+    r = vl.minimize_bilevel(p32, vl.SquaredError(U.clean.astype(np.float32)), np.array([-5.0, -5.0]),
+                            options={"max_iter": 60})
+    assert r.status == "accuracy_floor" and not r.success and r.nit < 60
+    assert r.stationarity_bound > 1e-3 * r.history[0]["grad_norm"] and "which is not below" in r.message
+
+
 def test_lower_level_failure_is_not_a_stationary_point():
     """Issue 12, failure 4: at theta = (-2, -12) the lower level cannot meet its tolerance within
     lower_maxiter; this used to end as a successful 'accuracy_floor' (stationary point) although

@@ -69,12 +69,17 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     ``mu * tol - (1 + 2u) rho`` and goes on.  ``x0`` itself is tested first
     (``nit = 1`` if it passes).
 
-    **Tolerances rounding does not allow.** When ``(1 + 2u) rho >= mu * tol /
-    2`` (at ``x0`` or at a candidate), ``tol`` is too close to the rounding
-    level of the gradient to be certified: the solver iterates until the
-    computed gradient norm is at most ``max(mu * tol, 4 rho)`` and returns that
-    point with status ``"precision_limit"`` (``success`` False) and its honest
-    ``distance_bound`` (above ``tol``).
+    **Tolerances rounding does not allow.** The attainable gradient level is
+    estimated as ``F = (1 + 2u) rho + 2 u L ||x||`` (the rounding of the
+    computed gradient plus the gradient at the nearest representable point,
+    ``L`` the step constant).  When ``F >= mu * tol / 2`` (at ``x0`` or at a
+    candidate), ``tol`` cannot be certified in this dtype: the solver iterates
+    until the computed gradient norm is at most ``max(mu * tol, 4 F)`` and
+    returns that point with status ``"precision_limit"`` (``success`` False)
+    and its honest ``distance_bound`` (above ``tol``).  It also returns
+    ``"precision_limit"`` when the smallest gradient norm seen has not dropped
+    by 1% for ``max(200, maxiter // 10)`` iterations while it is within 100
+    times ``F`` at ``x0`` (stagnation at the rounding level).
 
     **Backtracking.** With ``backtracking=True`` (or ``"auto"`` when the
     problem reports a loose Lipschitz bound), L starts at ``L0`` when given
@@ -148,6 +153,11 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     def rounding(x_at):
         return (1.0 + 2.0 * u) * float(problem.grad_error_bound(x_at, theta))
 
+    def floor(x_at, rho):
+        # what the dtype allows: the gradient's rounding error plus the gradient at the nearest
+        # representable point (entries off by u relative: about L u ||x||)
+        return rho + 2.0 * u * L * _norm(xp, x_at)
+
     def certify(x_at, g_at=None):
         """(distance bound, rho) of ``x_at`` from a freshly computed gradient (norm in float64)."""
         g_at = problem.grad(x_at, theta) if g_at is None else g_at
@@ -178,7 +188,7 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
         cert = certify(x_at, g_at)
         if cert[0] <= tol:
             return finish(x_at, nit, "success", n_bt, cert)
-        if cert[1] >= 0.5 * mu * tol:
+        if floor(x_at, cert[1]) >= 0.5 * mu * tol:
             return finish(x_at, nit, "precision_limit", n_bt, cert)
         target = min(target, 0.999 * (mu * tol - cert[1]))
         return None
@@ -189,11 +199,12 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     nit = 1
     if not math.isfinite(gnorm):
         return finish(x, nit, "nan", 0, (math.nan, math.nan, math.nan))
-    rho0 = rounding(x)
-    limited = rho0 >= 0.5 * mu * tol
-    if limited:
+    floor0 = floor(x, rounding(x))
+    if floor0 >= 0.5 * mu * tol:
         # tol cannot be certified: go down to the rounding level of the gradient, then report it
-        target = max(target, 4.0 * rho0)
+        target = max(target, 4.0 * floor0)
+    best, last_gain = gnorm, 0
+    window = max(200, maxiter // 10)
     if gnorm <= target:
         done = candidate(x, g, nit, 0)
         if done is not None:
@@ -234,6 +245,11 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
             return finish(x, nit, "nan", n_bt, (math.nan, math.nan, math.nan))
         if callback is not None:
             callback(k, x, gnorm)
+        if gnorm < 0.99 * best:
+            best, last_gain = gnorm, k
+        elif k - last_gain > window and best <= 100.0 * floor0:
+            # no progress for `window` iterations at the rounding level: the dtype's limit
+            return finish(out if use_bt else x, nit, "precision_limit", n_bt)
         if gnorm <= target:
             z = x + beta * (x - x_prev) if beta != 0 else x.copy()
             nit += 1

@@ -40,9 +40,12 @@ class BilevelResult(Result):
 
     ``success`` means the requested accuracy was met, as in SciPy: it is True
     only on ``gradient_tol`` (``‖z‖ <= gtol``) and on a *certified*
-    ``accuracy_floor`` (the error bound, with exact constants, says the
+    ``accuracy_floor``: the error bound, with exact constants, says the
     hypergradient is at the level of its attainable error, so
-    ``‖∇f(θ)‖ <= stationarity_bound``).  A run that stopped on a limit
+    ``‖∇f(θ)‖ <= stationarity_bound``, and that bound is at most
+    ``max(gtol, stationarity_rtol * ‖z_0‖)`` (``‖z_0‖`` the first hypergradient's
+    norm, ``stationarity_rtol`` 1e-3 by default); a certified but larger bound
+    (e.g. a float32 run whose attainable accuracy is poor) is not success.  A run that stopped on a limit
     (``maxiter``, ``budget_exhausted``, ``time_limit``), on a failure
     (``linesearch_failed``, ``lower_failed``, ``cg_failed``), on
     ``callback_stop`` or on an ``accuracy_floor`` reached with estimated
@@ -267,7 +270,7 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
     Stopping (each with its own ``status``; ``success`` only where marked):
 
     * ``"gradient_tol"`` (success): ‖z‖ ≤ ``gtol`` at the current θ;
-    * ``"accuracy_floor"`` (success when certified): the accuracy cannot go
+    * ``"accuracy_floor"`` (success when certified and small): the accuracy cannot go
       lower, either in the certificate loop (ω > (1 − η)‖z‖ and ε would go
       below ``eps_floor``, or the lower level reports ``"precision_limit"``:
       its tolerance is below what rounding allows to certify; ‖z‖ is at the
@@ -275,9 +278,10 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
       failed and ε would go below ``eps_floor`` though no trial solve missed
       its tolerance: the decrease λα‖z‖² is below what the floor accuracy
       resolves).  ``stationarity_bound = ‖z‖ + ω`` bounds ‖∇f(θ)‖; it is
-      certified (``success``) when the bound's constants are exact
-      (``bound_exact``), the certificate is on and both solvers met their
-      tolerances;
+      certified when the bound's constants are exact (``bound_exact``), the
+      certificate is on and both solvers met their tolerances, and
+      ``success`` when it is certified and at most
+      ``max(gtol, stationarity_rtol * ‖z_0‖)``;
     * ``"lower_failed"`` / ``"cg_failed"``: in the certificate loop, ω > (1 − η)‖z‖
       and the lower-level solve (``lower_maxiter``) or CG (``cg_maxiter``)
       did not meet its tolerance, so a smaller tolerance would not help; or
@@ -372,12 +376,20 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
         run.save(checkpoint)
     fun, lo, up = run.last if run.last is not None else (math.nan,) * 3
     stat_bound, certified = run.stationarity if status == "accuracy_floor" else (math.nan, False)
-    success = status == "gradient_tol" or (status == "accuracy_floor" and certified)
+    z0 = run.history[0]["grad_norm"] if run.history else math.nan
+    floor_tol = max(opts.get("gtol", 0.0), opts.get("stationarity_rtol", 0.0) * z0)
+    small_enough = stat_bound <= floor_tol
+    success = status == "gradient_tol" or (status == "accuracy_floor" and certified and small_enough)
     n_accepted = sum(1 for row in run.history if row.get("accepted") is True)
     message = STATUS_MESSAGES[status]
     if status == "accuracy_floor":
-        message += (f"; |grad f(theta)| <= {stat_bound:.3e} (certified)" if certified else
-                    f"; |grad f(theta)| <= {stat_bound:.3e} only by estimated constants (not certified)")
+        if not certified:
+            message += f"; |grad f(theta)| <= {stat_bound:.3e} only by estimated constants (not certified)"
+        elif not small_enough:
+            message += (f"; |grad f(theta)| <= {stat_bound:.3e} (certified), which is not below "
+                        f"max(gtol, stationarity_rtol * |z_0|) = {floor_tol:.3e}")
+        else:
+            message += f"; |grad f(theta)| <= {stat_bound:.3e} (certified)"
     if n_accepted == 0 and run.k > 0:
         message += f"; no step was accepted in {run.k} outer iterations (theta is theta0)"
     x_final = run.x_current if run.x_current is not None else run.x_warm

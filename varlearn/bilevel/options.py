@@ -36,6 +36,7 @@ DEFAULTS = {
         "max_attempts": 3,      # hypergradient attempts per outer iteration
         "eps_floor": 1e-12,     # stop when the accuracy must go below this
         "bound": True,          # use the error bound omega (False: skip the certificate loop)
+        "stationarity_rtol": 1e-3,  # accuracy_floor is success when |grad f| <= this * |z_0| (certified)
         "bound_constants": "exact",  # "exact": the problem's constants; "estimate": BoundEstimator for L_H, L_J, |J|
     }),
     "fixed": dict(_COMMON, **{
@@ -54,7 +55,7 @@ DEFAULTS = {
 }
 
 _POSITIVE = {"eps0", "delta0", "step0", "armijo", "eps_floor", "eps_min", "hoag_C", "theta_clip"}
-_UNIT = {"rho", "nu", "eta", "decay_rate"}
+_UNIT = {"rho", "nu", "eta", "decay_rate", "stationarity_rtol"}
 _GE1 = {"rho_inc", "nu_inc"}
 _POS_INT = {"max_iter", "lower_maxiter", "cg_maxiter", "checkpoint_every", "max_backtracks", "max_attempts"}
 
