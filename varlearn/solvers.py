@@ -249,7 +249,7 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
             best, last_gain = gnorm, k
         elif k - last_gain > window and best <= 100.0 * floor0:
             # no progress for `window` iterations at the rounding level: the dtype's limit
-            return finish(out if use_bt else x, nit, "precision_limit", n_bt)
+            return finish(x, nit, "precision_limit", n_bt)
         if gnorm <= target:
             z = x + beta * (x - x_prev) if beta != 0 else x.copy()
             nit += 1
