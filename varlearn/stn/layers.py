@@ -13,30 +13,33 @@ junk on border positions, which is zeroed afterwards (:func:`zero_border`).
 The layout needs no per-layer padding copy, and the input gradient is the same
 correlation with the flipped, transposed kernel.
 
-Method.  CPU seconds (``time.process_time``, the minimum over interleaved
-rounds, one BLAS thread, float32) of one forward correlation ``32 -> 64``
-channels 3x3 on a batch of 32 maps 40 x 40, from ``python
-scripts/benchmark_stn.py --methods`` on the shared 2-core development
-machine (NumPy 2.4 with OpenBLAS, PyTorch 2.13 CPU):
+Method.  Seconds (the minimum over 9 interleaved rounds, one BLAS thread,
+float32) of one forward correlation ``32 -> 64`` channels 3x3 on a batch of
+32 maps 40 x 40, from ``python scripts/benchmark_stn.py --methods`` on the
+2-core development machine while it was idle (NumPy 2.4 with OpenBLAS,
+PyTorch 2.13 CPU):
 
 ==================================================  =======
-per-tap GEMMs over the whole batch, accumulated       0.083
-per-tap GEMMs in blocks of 4096 positions             0.058
-one im2col of the whole batch + one GEMM              0.053
-the taps stacked along the outputs, shifted sums      0.094
-**im2col + GEMM per block of about 2.5 MB** (here)    0.048
-the same, a kernel per example, ``32 -> 32``          0.030
-PyTorch ``conv2d`` (oneDNN)                           0.031
+per-tap GEMMs over the whole batch, accumulated       0.062
+per-tap GEMMs in blocks of 4096 positions             0.043
+one im2col of the whole batch + one GEMM              0.041
+the taps stacked along the outputs, shifted sums      0.055
+**im2col + GEMM per block of about 2.5 MB** (here)    0.031
+the same, a kernel per example, ``32 -> 32``          0.020
+PyTorch ``conv2d`` (oneDNN)                           0.026
 ==================================================  =======
 
-The GEMMs run at about 50 GFLOP/s against about 65 for PyTorch's direct
+The GEMMs run at about 50-70 GFLOP/s against about 80 for PyTorch's direct
 convolution, and the k² slice copies of im2col add about 20 %; a
-channel-last variant of the same layout measured the same.  The STN layer
-does not stack ``K_e`` and ``K_h`` into ``2 C_out`` outputs: its gains are
-per example, so it convolves example ``b`` with its own kernel
-``K_e + diag(g_w,b) K_h`` (the ``32 -> 32`` row: half the work; see
-:class:`STNConv2d`), and a training step of the 5-layer STN-DnCNN costs about
-what the same network costs in PyTorch (``scripts/benchmark_stn.py``).
+channel-last variant of the same layout measured the same.  The backward
+pass (:func:`conv_padded_backward`) takes the input and kernel gradients from
+one im2col of the output gradient (20 % faster than two passes).  A plain
+convolution forward + backward costs 1.2x PyTorch's (1.4x through the NCHW
+wrappers, which convert the layout).  The STN layer does not stack ``K_e``
+and ``K_h`` into ``2 C_out`` outputs: its gains are per example, so it
+convolves example ``b`` with its own kernel ``K_e + diag(g_w,b) K_h`` (the
+``32 -> 32`` row: half the work; see :class:`STNConv2d`); a training step of
+the 5-layer STN-DnCNN takes 0.86x the time of the same network in PyTorch.
 
 Layers
 ------
