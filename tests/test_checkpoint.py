@@ -139,3 +139,22 @@ def test_checkpoint_size_is_dominated_by_the_warm_starts(tmp_path):
     big = [k for k, a in arrays.items() if a.size == np.prod(prob.x_shape)]
     assert sorted(big) == ["q_warm", "x_current", "x_warm"]
     assert 3 * stack < ck.stat().st_size < 3 * stack + 20_000
+
+
+def test_budget_inside_the_first_iteration_checkpoints_and_resumes(tmp_path):
+    """A budget that runs out inside outer iteration 0 leaves k = 0 and no history row: the
+    checkpoint must still load, and resuming from it must reach the uninterrupted result."""
+    rng = np.random.RandomState(3)
+    clean = np.stack([np.tri(12) * 0.7 for _ in range(2)])
+    prob = vl.DenoisingProblem(clean + 0.1 * rng.randn(*clean.shape), vl.TotalVariation())
+    U = vl.SquaredError(clean)
+    ck = tmp_path / "early.npz"
+    theta0 = np.array([-4.0, -4.0])
+    first = vl.minimize_bilevel(prob, U, theta0, options={"budget": 5}, checkpoint=ck)
+    assert first.status == "budget_exhausted" and not first.success and first.nit == 0
+    meta, _ = load_checkpoint(ck)
+    assert meta["k"] == 0 and meta["history"] == []
+    resumed = vl.minimize_bilevel(prob, U, theta0, options={"budget": math.inf, "max_iter": 2}, resume=ck)
+    straight = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2})
+    assert resumed.nit == straight.nit == 2
+    np.testing.assert_allclose(resumed.theta, straight.theta, rtol=0, atol=1e-10)

@@ -140,7 +140,8 @@ def validate_bilevel_meta(meta: dict, path="<checkpoint>", arrays=None):
 
     Checks every field of :data:`_META_RULES` (present, of the right type and
     range: counters are integers >= 0, accuracies positive, ...), that the
-    history has ``k + 1`` rows whose counters are integers >= 0 with
+    history has ``k + 1`` rows (or none, for a run stopped by a limit inside
+    its first outer iteration, ``k = 0``) whose counters are integers >= 0 with
     ``iter`` equal to the row number, and, when ``arrays`` is given, that
     ``theta`` has shape ``(n_params,)`` and the warm starts shape ``x_shape``.
     """
@@ -151,7 +152,7 @@ def validate_bilevel_meta(meta: dict, path="<checkpoint>", arrays=None):
         if not ok(meta[name]):
             raise CheckpointError(f"{where}: metadata field {name!r} must be {what}, got {meta[name]!r:.80}")
     hist = meta["history"]
-    if len(hist) != meta["k"] + 1:
+    if len(hist) != meta["k"] + 1 and not (meta["k"] == 0 and len(hist) == 0):
         raise CheckpointError(f"{where}: metadata field 'history' has {len(hist)} rows, "
                               f"expected k + 1 = {meta['k'] + 1}")
     for i, row in enumerate(hist):
