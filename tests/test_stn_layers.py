@@ -103,6 +103,34 @@ def test_multi_image_blocks_give_the_same_result(monkeypatch):
                                    rtol=1e-12, atol=1e-12)
 
 
+def test_threaded_blocks_equal_the_serial_result(monkeypatch):
+    """With two varlearn threads (blocks shared out by image, some images split) the results are identical."""
+    import varlearn
+    from varlearn.stn import layers
+
+    rng = np.random.default_rng(8)
+    geom = Geometry(5, 30, 9, 3)
+    x = to_padded(rng.standard_normal((5, 3, 30, 9)), geom)
+    g = to_padded(rng.standard_normal((5, 4, 30, 9)), geom)
+    w_shared, w_per = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((5, 4, 3, 3, 3))
+
+    def run():
+        return [conv_padded(x, w_per, geom, bias=np.ones((4, 5))), conv_padded_weight_grad(x, g, geom),
+                *conv_padded_backward(x, g, w_per, geom, per_example=True),
+                *conv_padded_backward(x, g, w_shared, geom)]
+
+    monkeypatch.setitem(layers._BLOCK_BYTES, "numpy", 1)  # 256-position blocks: images split in two
+    assert len(geom.blocks(27, 8, np)) == 10
+    with varlearn.threads(1):
+        serial = run()
+    with varlearn.threads(2):
+        assert layers._accel.thread_info()["threads"] == 2
+        threaded = run()
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(zero_border(a.copy(), geom) if a.shape[-1] == geom.n else a,
+                                      zero_border(b.copy(), geom) if b.shape[-1] == geom.n else b)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_conv2d_backward(k):
     rng = np.random.default_rng(10 + k)

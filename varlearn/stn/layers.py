@@ -57,10 +57,13 @@ Functions", ICLR 2019 (arXiv:1903.03088).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import numpy as np
 
+from .. import _accel
 from ..backend import get_namespace, xp_name
 
 __all__ = [
@@ -177,11 +180,48 @@ def _check_kernel(w, c_in, batch=None, name="w"):
         raise ValueError(f"{name} must have shape {lead}(C_out, {c_in}, k, k), got shape {tuple(w.shape)}")
 
 
-def _work(xp, geom, rows, dtype):
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """One threadpoolctl controller for the process (a fresh one per call would allocate every time)."""
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+    return ThreadpoolController()
+
+
+def _for_blocks(xp, geom, rows, dtype, body):
+    """Call ``body(block, cols)`` for every block of ``geom``, ``cols`` a work array ``(nb, rows, m)``.
+
+    On NumPy with more than one varlearn kernel thread (``varlearn.set_threads``,
+    or ``"auto"`` on idle cores) the blocks are shared out over the threads
+    by image (:func:`varlearn._accel.run_chunks`, each thread with its own
+    work array; NumPy's copies and BLAS release the GIL) and BLAS runs on one
+    thread meanwhile; the images' outputs are disjoint and each image's blocks
+    run in order, so the results do not depend on the threads.
+    """
     blocks = geom.blocks(rows, np.dtype(dtype).itemsize, xp)
-    nb = max(b1 - b0 for b0, b1, _, _ in blocks)
-    m = max(e - s for _, _, s, e in blocks)
-    return blocks, xp.empty((nb, rows, m), dtype=dtype)
+    shape = (max(b1 - b0 for b0, b1, _, _ in blocks), rows, max(e - s for _, _, s, e in blocks))
+    info = _accel.thread_info() if xp_name(xp) == "numpy" and len(blocks) > 1 else {"threads": 1}
+    if info["threads"] <= 1:
+        cols = xp.empty(shape, dtype=dtype)
+        for blk in blocks:
+            body(blk, cols)
+        return
+
+    groups = {}  # the blocks of one image go to one thread (they add into the same accumulator rows)
+    for blk in blocks:
+        groups.setdefault(blk[0], []).append(blk)
+    groups = list(groups.values())
+
+    def kernel(c0, c1):
+        cols = np.empty(shape, dtype=dtype)
+        for group in groups[c0:c1]:
+            for blk in group:
+                body(blk, cols)
+
+    with contextlib.ExitStack() as stack:
+        if info["blas"] > 1:
+            stack.enter_context(_blas_controller().limit(limits=1))
+        _accel.run_chunks(kernel, len(groups), (), n_threads=info["threads"])
 
 
 def conv_padded(xf, w, geom, out=None, bias=None):
@@ -213,19 +253,18 @@ def _correlate(xf, w, geom, out=None, bias=None, partner=None, per_example=False
     if out is None:
         out = xp.empty((co, geom.n), dtype=xf.dtype)
     rows = k * k * ci
-    blocks, cols = _work(xp, geom, rows, xf.dtype)
-    cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
     x3, o3 = xf.reshape(ci, geom.batch, -1), out.reshape(co, geom.batch, -1)
     if bias is not None:
         bias = bias.astype(xf.dtype, copy=False).reshape(co, -1)
     acc = None
     if partner is not None:
         p3 = partner.reshape(partner.shape[0], geom.batch, -1)
-        acc = xp.zeros((geom.batch if per_example else 1, rows, partner.shape[0]), dtype=xf.dtype)
+        acc = xp.zeros((geom.batch, rows, partner.shape[0]), dtype=xf.dtype)
     numpy_out = xp_name(xp) == "numpy"  # NumPy's matmul writes into strided outputs
-    for blk in blocks:
+
+    def body(blk, cols):
         b0, b1, s, e = blk
-        _im2col(x3, blk, geom.offsets, cols4)
+        _im2col(x3, blk, geom.offsets, cols.reshape(cols.shape[0], k * k, ci, -1))
         c = cols[:b1 - b0, :, :e - s]
         a = wm[b0:b1] if per else wm
         if numpy_out and b1 - b0 == 1:
@@ -235,11 +274,11 @@ def _correlate(xf, w, geom, out=None, bias=None, partner=None, per_example=False
         if bias is not None:
             o3[:, b0:b1, s:e] += bias[:, b0:b1, None] if bias.shape[1] > 1 else bias[:, :, None]
         if acc is not None:
-            prod = xp.matmul(c, p3[:, b0:b1, s:e].transpose(1, 2, 0))
-            if per_example:
-                acc[b0:b1] += prod
-            else:
-                acc[0] += prod.sum(axis=0)
+            acc[b0:b1] += xp.matmul(c, p3[:, b0:b1, s:e].transpose(1, 2, 0))
+
+    _for_blocks(xp, geom, rows, xf.dtype, body)
+    if acc is not None and not per_example:
+        acc = acc.sum(axis=0, keepdims=True)
     return out, acc
 
 
@@ -262,18 +301,17 @@ def conv_padded_weight_grad(xf, gf, geom, per_example=False):
     xp = get_namespace(xf, gf)
     ci, co, k = xf.shape[0], gf.shape[0], geom.kernel_size
     rows = k * k * ci
-    blocks, cols = _work(xp, geom, rows, xf.dtype)
-    cols4 = cols.reshape(cols.shape[0], k * k, ci, -1)
     x3, g3 = xf.reshape(ci, geom.batch, -1), gf.reshape(co, geom.batch, -1)
-    acc = xp.zeros((geom.batch if per_example else 1, co, rows), dtype=xf.dtype)
-    for blk in blocks:
+    acc = xp.zeros((geom.batch, co, rows), dtype=xf.dtype)
+
+    def body(blk, cols):
         b0, b1, s, e = blk
-        _im2col(x3, blk, geom.offsets, cols4)
-        prod = xp.matmul(g3[:, b0:b1, s:e].transpose(1, 0, 2), cols[:b1 - b0, :, :e - s].transpose(0, 2, 1))
-        if per_example:
-            acc[b0:b1] += prod
-        else:
-            acc[0] += prod.sum(axis=0)
+        _im2col(x3, blk, geom.offsets, cols.reshape(cols.shape[0], k * k, ci, -1))
+        acc[b0:b1] += xp.matmul(g3[:, b0:b1, s:e].transpose(1, 0, 2), cols[:b1 - b0, :, :e - s].transpose(0, 2, 1))
+
+    _for_blocks(xp, geom, rows, xf.dtype, body)
+    if not per_example:
+        acc = acc.sum(axis=0, keepdims=True)
     dw = acc.reshape(acc.shape[0], co, k, k, ci).transpose(0, 1, 4, 2, 3)
     return xp.ascontiguousarray(dw if per_example else dw[0])
 
