@@ -52,7 +52,7 @@ def test_conv2d_matches_direct_sum(k, dtype):
 
 def test_conv2d_blocks_cover_every_position(monkeypatch):
     """Tiny blocks (many im2col blocks and a ragged last one) give the same result."""
-    from varlearn.stn import layers
+    from varlearn.stn import _conv as layers
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 30, 11))
@@ -106,7 +106,7 @@ def test_multi_image_blocks_give_the_same_result(monkeypatch):
 def test_threaded_blocks_equal_the_serial_result(monkeypatch):
     """With two varlearn threads (blocks shared out by image, some images split) the results are identical."""
     import varlearn
-    from varlearn.stn import layers
+    from varlearn.stn import _conv as layers
 
     rng = np.random.default_rng(8)
     geom = Geometry(5, 30, 9, 3)
