@@ -67,13 +67,18 @@ def test_conv2d_blocks_cover_every_position(monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def _padded_case(seed, h, w):
+    """5 examples, 3 -> 4 channels: geometry, padded input and output gradient, shared and per-example kernels."""
+    rng = np.random.default_rng(seed)
+    geom = Geometry(5, h, w, 3)
+    x = to_padded(rng.standard_normal((5, 3, h, w)), geom)
+    g = to_padded(rng.standard_normal((5, 4, h, w)), geom)
+    return rng, geom, x, g, rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((5, 4, 3, 3, 3))
+
+
 def test_multi_image_blocks_give_the_same_result(monkeypatch):
     """The batched-GEMM path (blocks of several images, used on CuPy) agrees with the per-image path."""
-    rng = np.random.default_rng(5)
-    geom = Geometry(5, 6, 7, 3)
-    x = to_padded(rng.standard_normal((5, 3, 6, 7)), geom)
-    g = to_padded(rng.standard_normal((5, 4, 6, 7)), geom)
-    w_shared, w_per = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((5, 4, 3, 3, 3))
+    rng, geom, x, g, w_shared, w_per = _padded_case(5, 6, 7)
     bias = rng.standard_normal((4, 5))
 
     def run():
@@ -108,11 +113,7 @@ def test_threaded_blocks_equal_the_serial_result(monkeypatch):
     import varlearn
     from varlearn.stn import _conv as layers
 
-    rng = np.random.default_rng(8)
-    geom = Geometry(5, 30, 9, 3)
-    x = to_padded(rng.standard_normal((5, 3, 30, 9)), geom)
-    g = to_padded(rng.standard_normal((5, 4, 30, 9)), geom)
-    w_shared, w_per = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((5, 4, 3, 3, 3))
+    _, geom, x, g, w_shared, w_per = _padded_case(8, 30, 9)
 
     def run():
         return [conv_padded(x, w_per, geom, bias=np.ones((4, 5))), conv_padded_weight_grad(x, g, geom),
