@@ -275,3 +275,13 @@ def test_hyper_at_row_takes_the_rows_lambda():
     assert h.values() == pytest.approx({"noise": -0.4, "weight_decay": 3e-6})
     assert h.sigma == pytest.approx([0.2, 0.7])
     assert hy.values() == pytest.approx({"noise": 0.0, "weight_decay": 1e-5})  # the container is not changed
+
+
+def test_time_limit_is_the_training_time(clean_dir, tmp_path):
+    """--time-limit 1 trains for (at least, and about) one second, then reports the limit."""
+    out = tmp_path / "tl"
+    argv = ["stn", "--clean", str(clean_dir), "--out", str(out), "--time-limit", "1", *TINY[2:]]
+    assert main(argv) == 0
+    res = load_json(out / "params.json")["results"]
+    assert res["status"] == "time_limit" and res["success"] is False
+    assert 1.0 <= res["wall_time"] < 30.0  # a limit counted twice stopped at half of it
