@@ -60,26 +60,11 @@ def _make_rng(rng):
     raise TypeError(f"rng must be None, an int or a numpy Generator, got {type(rng).__name__}")
 
 
-def _check_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
-
-
 def _check_odd(value, name):
     v = check_int(value, name, minimum=1)
     if v % 2 != 1:
         raise ValueError(f"{name} must be odd, got {value!r}")
     return v
-
-
-def _check_xp(xp):
-    if xp is None:
-        return np
-    if getattr(xp, "__name__", "") not in ("numpy", "cupy"):
-        raise ValueError(f"xp must be the numpy or cupy module, got {xp!r}")
-    return xp
 
 
 class STNModel:
@@ -125,8 +110,12 @@ class STNModel:
 
     def __init__(self, n_hyper, dtype, xp):
         self.n_hyper = check_int(n_hyper, "n_hyper", minimum=1)
-        self.dtype = _check_dtype(dtype)
-        self.xp = _check_xp(xp)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.xp = np if xp is None else xp
+        if getattr(self.xp, "__name__", "") not in ("numpy", "cupy"):
+            raise ValueError(f"xp must be the numpy or cupy module, got {xp!r}")
         self.params = {}
 
     @property
