@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from registry import REGULARIZERS
 from scipy.optimize import minimize
 
 import varlearn as vl
 from varlearn.results import ConvergenceWarning
-
-from registry import REGULARIZERS
 
 
 def _tv(rng, iso=True, n=2, size=14, xp=np):
@@ -48,8 +47,12 @@ def test_tv_agrees_with_lbfgs(iso, rng):
     prob = _tv(rng, iso, n=1, size=12)
     theta = np.array([-2.0, -3.0])
     res = vl.solve_lower(prob, theta, 1e-10)
-    f = lambda v: float(prob.value(v.reshape(prob.x_shape), theta))
-    g = lambda v: prob.grad(v.reshape(prob.x_shape), theta).ravel()
+    def f(v):
+        return float(prob.value(v.reshape(prob.x_shape), theta))
+
+    def g(v):
+        return prob.grad(v.reshape(prob.x_shape), theta).ravel()
+
     ref = minimize(f, prob.noisy.ravel(), jac=g, method="L-BFGS-B",
                    options={"maxiter": 20000, "ftol": 1e-16, "gtol": 1e-12, "maxcor": 30})
     np.testing.assert_allclose(res.x.ravel(), ref.x, atol=1e-6)
