@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .backend import get_namespace, is_cupy_array, xp_name
+from .backend import get_namespace, is_cupy_array, working_dtype, xp_name
 
 
 def check_positive(value, name, allow_zero=False, allow_inf=False):
@@ -20,6 +20,23 @@ def check_positive(value, name, allow_zero=False, allow_inf=False):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return v
+
+
+def as_real_floating(a, name):
+    """``a`` as a real floating array (NumPy or CuPy as given; lists become NumPy).
+
+    Floating dtypes follow the package's dtype policy (:func:`varlearn.backend.working_dtype`);
+    integers and booleans become float64 as they are (no rescaling).  Complex or non-numeric
+    data raise ``ValueError`` / ``TypeError`` naming ``name``.
+    """
+    if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
+        a = np.asarray(a)
+    kind = a.dtype.kind
+    if kind == "c":
+        raise ValueError(f"{name} must be real, got complex dtype {a.dtype}")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    return a.astype(working_dtype(a.dtype) if kind == "f" else np.float64, copy=False)
 
 
 def check_int(value, name, minimum=0):

@@ -27,8 +27,8 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_array, check_int
-from ..backend import get_namespace, is_cupy_array, working_dtype, xp_name
+from .._validation import as_real_floating, check_array, check_int
+from ..backend import get_namespace, is_cupy_array, xp_name
 from .base import LowerProblem, UpperLoss
 
 __all__ = ["MultinomialLogisticProblem", "CrossEntropy"]
@@ -42,15 +42,7 @@ _EIG_SLACK = 1e-10
 # ---------------------------------------------------------------------- helpers
 def _as_features(features, name):
     """A 2-D, finite, floating feature matrix (integers become float64 without rescaling)."""
-    if not (isinstance(features, np.ndarray) or is_cupy_array(features)):
-        features = np.asarray(features)
-    kind = features.dtype.kind
-    if kind == "c":
-        raise ValueError(f"{name} must be real, got complex dtype {features.dtype}")
-    if kind not in "biuf":
-        raise TypeError(f"{name} must hold numbers, got dtype {features.dtype}")
-    target = working_dtype(features.dtype) if kind == "f" else np.dtype(np.float64)
-    features = features.astype(target, copy=False)
+    features = as_real_floating(features, name)
     if features.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {tuple(features.shape)}")
     if features.shape[0] < 1 or features.shape[1] < 1:

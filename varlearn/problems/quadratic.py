@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from .._validation import check_array, check_int
-from ..backend import get_namespace, is_cupy_array, to_device, working_dtype
+from .._validation import as_real_floating, check_array, check_int
+from ..backend import get_namespace, to_device
 from .base import LowerProblem, UpperLoss
 
 __all__ = ["QuadraticProblem", "LeastSquares", "make_paper_quadratic", "quadratic_bilevel_optimum"]
@@ -30,14 +30,7 @@ __all__ = ["QuadraticProblem", "LeastSquares", "make_paper_quadratic", "quadrati
 
 def _as_real(a, name, ndim):
     """A finite floating array with ``ndim`` dimensions (integers become float64 as they are)."""
-    if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
-        a = np.asarray(a)
-    kind = a.dtype.kind
-    if kind == "c":
-        raise ValueError(f"{name} must be real, got complex dtype {a.dtype}")
-    if kind not in "biuf":
-        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
-    a = a.astype(working_dtype(a.dtype) if kind == "f" else np.float64, copy=False)
+    a = as_real_floating(a, name)
     if a.ndim != ndim:
         kind_name = "a 1-D array" if ndim == 1 else f"a {ndim}-D array"
         raise ValueError(f"{name} must be {kind_name}, got shape {tuple(a.shape)}")
