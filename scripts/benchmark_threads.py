@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -89,22 +90,27 @@ def measure(name, spec):
 
 
 def run_one(name, spec, timeout):
-    """One measurement in a fresh process (kernels loaded from numba's cache, one warm-up run first)."""
+    """One measurement in a fresh process (kernels loaded from numba's cache, one warm-up run first).
+
+    ``timeout`` applies to the measured run only, not to the start and the warm-up.
+    """
     cmd = [sys.executable, __file__, "--one", name, spec]
     for attempt in (1, 2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = proc.stdout.readline()  # printed after the warm-up
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-            break
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             return {"workload": name, "setting": spec, "seconds": float(timeout), "timed_out": True}
-        except subprocess.CalledProcessError as exc:
-            tail = "\n".join(exc.stderr.strip().splitlines()[-5:])
-            print(f"run {name} {spec} failed (attempt {attempt}):\n{tail}", file=sys.stderr, flush=True)
-            if attempt == 2:
-                raise
-    row = json.loads(out.stdout.strip().splitlines()[-1])
-    row["timed_out"] = False
-    return row
+        if proc.returncode == 0 and ready.strip() == "ready":
+            row = json.loads(out.strip().splitlines()[-1])
+            row["timed_out"] = False
+            return row
+        tail = "\n".join(err.strip().splitlines()[-5:])
+        print(f"run {name} {spec} failed (attempt {attempt}):\n{tail}", file=sys.stderr, flush=True)
+    raise RuntimeError(f"the {name} run with threads {spec} failed twice")
 
 
 def main(argv=None):
@@ -112,8 +118,8 @@ def main(argv=None):
     p.add_argument("--settings", nargs="+", default=["1", "2", "auto"], help="auto, N or N:B")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--busy", action="store_true", help="also run with one core kept busy by another process")
-    p.add_argument("--repeat", type=int, default=2, help="runs per setting (interleaved); the best is reported")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--repeat", type=int, default=3, help="runs per setting (interleaved); the best is reported")
+    p.add_argument("--timeout", type=float, default=40.0,
                    help="seconds after which a run is stopped and reported as '> timeout'")
     p.add_argument("--json", default=None, help="write the rows to this file")
     p.add_argument("--one", nargs=2, metavar=("WORKLOAD", "SETTING"), help=argparse.SUPPRESS)
@@ -123,9 +129,12 @@ def main(argv=None):
         name, spec = args.one
         fun, _, warm_iter = WORKLOADS[name]
         fun(warm_iter)  # loads (or compiles) the kernels
+        print("ready", flush=True)
         print(json.dumps(measure(name, spec)))
         return
 
+    # a SIGTERM must still stop the busy-loop process (the finally clause below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     states = ["idle", "busy"] if args.busy else ["idle"]
     for state in states:
