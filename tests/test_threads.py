@@ -156,6 +156,7 @@ _NOTICE_SCRIPT = textwrap.dedent("""
     x = np.linspace(0, 1, 60).reshape(1, 6, 10)
     k.value(x, 0.1, 0.01, True)
     k.value(x, 0.1, 0.01, False)
+    k.grad(x, x, 1.0, 0.1, 0.01, True, np.empty_like(x))  # a second kernel: a second compile, no second notice
     print(json.dumps({"records": records, "stages": stages}))
 """)
 
@@ -171,7 +172,7 @@ def test_compile_notice_once_and_only_when_compiling(tmp_path):
     cold, warm = runs
     assert cold["records"].count(_accel.COMPILE_NOTICE) == 1
     assert cold["stages"][0] == "start" and cold["stages"].count("start") == 1
-    assert "end" in cold["stages"]
+    assert cold["stages"].count("end") >= 2
     # the second process loads the kernels from the on-disk cache: no compile, no notice
     assert _accel.COMPILE_NOTICE not in warm["records"]
     assert warm["stages"] == []
