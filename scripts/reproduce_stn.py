@@ -11,7 +11,10 @@ weight steps, with ``K = floor(C_STN / C_trial)`` trials (equal cost); the
 searches are then extended to ``--factor`` times that cost for the cost plot.
 On the same test images: ``denoise_tv_chambolle`` at the weight that
 maximises the mean PSNR of the training images, and TV learned by MAID
-(``--no-tv`` skips both).
+(``--no-tv`` skips both), on the first 4 training images; a Field of Experts
+(``--foe-filters`` x ``--foe-size``², certificate off) learned by MAID on the
+central ``--foe-crop``² crops of the same noisy images, ``--foe-budget``
+lower-level + CG iterations (0 skips it).  ``--no-stn`` runs only these baselines.
 
 Writes ``metrics.json`` and ``stn_cost_sigma<S>.png`` (best validation PSNR so
 far against cost, first seed), ``stn_time_sigma<S>.png`` (against seconds),
@@ -30,14 +33,16 @@ import varlearn as vl
 from varlearn import experiments as E
 from varlearn.datasets import builtin_images, kodak
 from varlearn.evaluation import chambolle_baseline, evaluate_theta
+from varlearn.metrics import psnr_per_image
 from varlearn.stn import experiment as X
 
 FULL = {"size": 128, "n_train": 20, "n_val": 4, "sigmas": "15,25,50", "seeds": 3, "steps": 120, "depth": 5,
         "channels": 16, "batch_size": 16, "patch_size": 32, "val_patch_size": 48, "test_builtin": "camera,moon,coins,"
-        "astronaut,coffee,chelsea", "factor": 1.5, "tv_budget": 3000.0, "lr": 1e-3}
+        "astronaut,coffee,chelsea", "factor": 1.5, "tv_budget": 3000.0, "lr": 1e-3, "foe_budget": 4e4,
+        "foe_filters": 8, "foe_size": 5, "foe_crop": 64}
 QUICK = {"size": 48, "n_train": 3, "n_val": 1, "sigmas": "25", "seeds": 2, "steps": 30, "depth": 3, "channels": 6,
          "batch_size": 4, "patch_size": 16, "val_patch_size": 16, "test_builtin": "camera,moon", "factor": 1.5,
-         "tv_budget": 200.0, "lr": 3e-3}
+         "tv_budget": 200.0, "lr": 3e-3, "foe_budget": 800.0, "foe_filters": 4, "foe_size": 3, "foe_crop": 16}
 FIRST_TRAIN = 4  # Kodak 5-24 are indices 4..23
 
 
@@ -48,6 +53,7 @@ def parse(argv):
         p.add_argument(flag, type=type(v), default=None, help=f"default {v} ({'quick: ' + str(QUICK[k])})")
     p.add_argument("--threads", type=int, default=None, help="numba/BLAS threads (default: unchanged)")
     p.add_argument("--no-tv", action="store_true", help="skip the TV baselines")
+    p.add_argument("--no-stn", action="store_true", help="run only the baselines (no STN, no searches)")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     for k, v in base.items():
@@ -60,13 +66,17 @@ def parse(argv):
     if not args.sigma_list or min(args.sigma_list) <= 0:
         p.error(f"--sigmas must be positive numbers, got {args.sigmas!r}")
     for k in ("size", "n_train", "n_val", "seeds", "steps", "depth", "channels", "batch_size", "patch_size",
-              "val_patch_size"):
+              "val_patch_size", "foe_filters", "foe_size", "foe_crop"):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
     if not 2 <= args.n_train <= 20 or args.n_val >= args.n_train:
         p.error(f"--n-train must be in 2..20 (Kodak 5-24) and --n-val below it, got {args.n_train}, {args.n_val}")
     if max(args.patch_size, args.val_patch_size) > args.size:
         p.error(f"--patch-size and --val-patch-size must be at most --size {args.size}")
+    if not args.foe_size <= args.foe_crop <= args.size:
+        p.error(f"--foe-crop must be in [--foe-size, --size] = [{args.foe_size}, {args.size}], got {args.foe_crop}")
+    if not args.foe_budget >= 0:
+        p.error(f"--foe-budget must be >= 0 (0 skips the FoE baseline), got {args.foe_budget}")
     if args.factor < 1:
         p.error(f"--factor must be >= 1, got {args.factor}")
     return args
@@ -108,10 +118,20 @@ def main(argv=None):
             key = f"{sigma * 255:g}"
             rng = np.random.default_rng([args.seed, int(round(sigma * 255))])
             test_noisy = test_clean + sigma * rng.standard_normal(test_clean.shape)
-            entry = {"sigma": sigma, "runs": [], "baselines": {}}
+            entry = {"sigma": sigma, "runs": [], "baselines": {},
+                     "noisy_psnr": float(np.mean(psnr_per_image(test_noisy, test_clean)))}
+            clean_tr = np.asarray(pool[tr][:4], dtype=np.float64)
+            noisy_tr = clean_tr + sigma * np.random.default_rng([args.seed, 7]).standard_normal(clean_tr.shape)
             if not args.no_tv:
-                entry["baselines"] = tv_baselines(pool[tr], sigma, test_clean, test_noisy, args)
-            for k in range(args.seeds):
+                entry["baselines"] = tv_baselines(clean_tr, noisy_tr, test_clean, test_noisy, args)
+            if args.foe_budget > 0:
+                f = X.foe_baseline(clean_tr, noisy_tr, test_clean, test_noisy, n_filters=args.foe_filters,
+                                   size=args.foe_size, crop=args.foe_crop, budget=args.foe_budget, seed=args.seed)
+                print(f"  MAID FoE {args.foe_filters}x{args.foe_size}² on {len(clean_tr)} crops {args.foe_crop}²"
+                      f" ({f['status']}, cost {f['cost']}, {f['wall_time']:.0f} s): test {f['test']['psnr_mean']:.3f}"
+                      " dB", flush=True)
+                entry["baselines"]["foe_maid"] = f
+            for k in range(0 if args.no_stn else args.seeds):
                 seed = args.seed + k
                 print(f"sigma {key}/255, seed {seed}:", flush=True)
                 res = X.compare_at_equal_cost(lambda n, s=seed: make(n, s), train, val, test_clean, test_noisy,
@@ -120,7 +140,8 @@ def main(argv=None):
                 entry["runs"].append({"seed": seed, **res})
             entry["summary"] = summarize(entry)
             metrics["sigmas"][key] = entry
-            metrics["figures"].update(figures(entry, key, out))
+            if entry["runs"]:
+                metrics["figures"].update(figures(entry, key, out))
             print_summary(key, entry["summary"])
     metrics["wall_time"] = time.perf_counter() - t_start
     E.write_metrics(out / "metrics.json", metrics)
@@ -128,10 +149,8 @@ def main(argv=None):
     return metrics
 
 
-def tv_baselines(clean_tr, sigma, test_clean, test_noisy, args):
+def tv_baselines(clean_tr, noisy_tr, test_clean, test_noisy, args):
     """denoise_tv_chambolle at its best training weight and MAID-learned TV, on the test images."""
-    clean_tr = np.asarray(clean_tr[:4], dtype=np.float64)
-    noisy_tr = clean_tr + sigma * np.random.default_rng([args.seed, 7]).standard_normal(clean_tr.shape)
     ch = chambolle_baseline(noisy_tr, clean_tr, test_noisy, test_clean, args.quick)
     ch.pop("search", None)
     reg = vl.TotalVariation(isotropic=True)
@@ -149,16 +168,15 @@ def tv_baselines(clean_tr, sigma, test_clean, test_noisy, args):
 
 def summarize(entry):
     """mean ± std over seeds of the test PSNR/SSIM and validation PSNR of every method."""
-    s = {}
-    for m in ("stn", "random", "grid"):
+    s = {"noisy_psnr": entry["noisy_psnr"]}
+    for m in ("stn", "random", "grid") if entry["runs"] else ():
         runs = [r[m] for r in entry["runs"]]
         s[m] = {"test_psnr": X.mean_std([r["test"]["psnr_mean"] if r.get("test") else None for r in runs]),
                 "test_ssim": X.mean_std([r["test"]["ssim_mean"] if r.get("test") else None for r in runs]),
                 "val_psnr": X.mean_std([r["val_psnr"] for r in runs]),
                 "cost": X.mean_std([r["cost"] for r in runs])}
-    s["stn"]["beats_random"] = sum(r["stn"]["val_psnr"] > r["random"]["val_psnr"] for r in entry["runs"])
-    s["stn"]["beats_grid"] = sum(r["stn"]["val_psnr"] > r["grid"]["val_psnr"] for r in entry["runs"])
-    s["noisy_psnr"] = entry["runs"][0]["stn"]["test"]["noisy_psnr_mean"]
+    for m in ("random", "grid") if entry["runs"] else ():
+        s["stn"]["beats_" + m] = sum(r["stn"]["val_psnr"] > r[m]["val_psnr"] for r in entry["runs"])
     for name, b in entry["baselines"].items():
         s[name] = {"test_psnr": (b.get("test") or b)["psnr_mean"], "test_ssim": (b.get("test") or b)["ssim_mean"]}
     return s
@@ -182,9 +200,10 @@ def figures(entry, key, out):
 
 def print_summary(key, s):
     print(f"sigma {key}/255 (noisy {s['noisy_psnr']:.2f} dB): " + "; ".join(
-        f"{m} test {s[m]['test_psnr']['mean']:.2f}±{s[m]['test_psnr']['std']:.2f} dB val "
-        f"{s[m]['val_psnr']['mean']:.2f}" for m in ("stn", "random", "grid"))
-        + "".join(f"; {m} {s[m]['test_psnr']:.2f} dB" for m in ("chambolle", "tv_maid") if m in s), flush=True)
+        [f"{m} test {s[m]['test_psnr']['mean']:.2f}±{s[m]['test_psnr']['std']:.2f} dB val "
+         f"{s[m]['val_psnr']['mean']:.2f}" for m in ("stn", "random", "grid") if m in s]
+        + [f"{m} {s[m]['test_psnr']:.2f} dB / {s[m]['test_ssim']:.3f}" for m in ("chambolle", "tv_maid", "foe_maid")
+           if m in s]), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Checks what holds at that scale: the STN denoiser beats its noisy input on the
 test images, the searches stay within the STN's cost with
 ``K = floor(C_STN / C_trial)`` trials, the continued random search starts with
 the equal-cost trials, and metrics.json agrees with itself (means over seeds,
-the best trial, the figures).  Skips when the Kodak images are absent.
+the best trial, the figures), and the MAID-learned FoE baseline beats the
+noisy input on the same test images.  Skips when the Kodak images are absent.
 """
 import importlib.util
 import math
@@ -65,6 +66,21 @@ def _check(out, metrics, n_seeds):
             assert summ[m]["test_psnr"]["mean"] == pytest.approx(np.mean(vals))
             assert summ[m]["test_psnr"]["std"] == pytest.approx(np.std(vals))
         assert summ["stn"]["beats_random"] == sum(r["stn"]["val_psnr"] > r["random"]["val_psnr"] for r in runs)
+        assert summ["noisy_psnr"] == pytest.approx(runs[0]["stn"]["test"]["noisy_psnr_mean"])
+
+
+def _check_foe(out, metrics):
+    """The FoE baseline: MAID spent its budget, beats the noisy test images, and metrics.json holds it."""
+    saved = load_json(out / "metrics.json")["sigmas"]
+    budget = metrics["scale"]["foe_budget"]
+    for key, entry in metrics["sigmas"].items():
+        foe = entry["baselines"]["foe_maid"]
+        assert saved[key]["baselines"]["foe_maid"]["test"]["psnr_mean"] == pytest.approx(foe["test"]["psnr_mean"])
+        assert foe["status"] == "budget_exhausted" and budget <= foe["cost"] < 2 * budget
+        assert len(foe["theta"]) == foe["scale"]["n_params"] and foe["scale"]["crop"] == metrics["scale"]["foe_crop"]
+        assert foe["test"]["psnr_mean"] > entry["summary"]["noisy_psnr"] + 0.5
+        assert foe["train"]["psnr_mean"] > foe["test"]["psnr_mean"] - 5  # the crops are denoised as well
+        assert entry["summary"]["foe_maid"]["test_psnr"] == foe["test"]["psnr_mean"]
 
 
 @needs_kodak
@@ -72,10 +88,26 @@ def test_quick_reproduction_without_tv(tmp_path):
     metrics = _script().main(["--quick", "--no-tv", "--out", str(tmp_path), "--data-dir", str(KODAK),
                               "--threads", "1"])
     _check(tmp_path, metrics, n_seeds=2)
+    _check_foe(tmp_path, metrics)
     assert metrics["scale"]["test_images"] == [f"kodim0{i}.png" for i in range(1, 5)] + ["camera", "moon"]
     pool = {f"kodim{i:02d}.png" for i in range(5, 25)}
     assert set(metrics["scale"]["train_images"]) | set(metrics["scale"]["val_images"]) <= pool
     assert not set(metrics["scale"]["train_images"]) & set(metrics["scale"]["val_images"])
+
+
+@needs_kodak
+def test_baselines_only(tmp_path):
+    """``--no-stn``: the FoE baseline alone (no runs, no figures), on the test noise of the full script."""
+    metrics = _script().main(["--quick", "--no-stn", "--no-tv", "--out", str(tmp_path), "--data-dir", str(KODAK),
+                              "--foe-budget", "1000"])
+    _check_foe(tmp_path, metrics)
+    for entry in metrics["sigmas"].values():
+        assert entry["runs"] == [] and set(entry["baselines"]) == {"foe_maid"}
+        assert set(entry["summary"]) == {"noisy_psnr", "foe_maid"} and entry["baselines"]["foe_maid"]["cost"] >= 1000
+    assert metrics["figures"] == {}
+    off = _script().main(["--quick", "--no-stn", "--no-tv", "--out", str(tmp_path / "off"), "--data-dir", str(KODAK),
+                          "--foe-budget", "0"])
+    assert all(e["baselines"] == {} for e in off["sigmas"].values())
 
 
 @pytest.mark.slow
@@ -83,6 +115,7 @@ def test_quick_reproduction_without_tv(tmp_path):
 def test_quick_reproduction_with_tv_baselines(tmp_path):
     metrics = _script().main(["--quick", "--out", str(tmp_path), "--data-dir", str(KODAK), "--threads", "1"])
     _check(tmp_path, metrics, n_seeds=2)
+    _check_foe(tmp_path, metrics)
     for entry in metrics["sigmas"].values():
         s = entry["summary"]
         assert s["chambolle"]["test_psnr"] > s["noisy_psnr"] and s["tv_maid"]["test_psnr"] > s["noisy_psnr"]
@@ -92,7 +125,9 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     mod = _script()
     for argv, word in ((["--sigmas", "x"], "--sigmas"), (["--sigmas", "0"], "--sigmas"),
                        (["--n-val", "3", "--n-train", "3"], "--n-val"), (["--patch-size", "100"], "--patch-size"),
-                       (["--factor", "0.5"], "--factor"), (["--steps", "0"], "--steps")):
+                       (["--factor", "0.5"], "--factor"), (["--steps", "0"], "--steps"),
+                       (["--foe-budget", "-1"], "--foe-budget"), (["--foe-crop", "2"], "--foe-crop"),
+                       (["--foe-crop", "64"], "--foe-crop"), (["--foe-filters", "0"], "--foe-filters")):
         with pytest.raises(SystemExit) as exc:
             mod.main(["--quick", "--out", str(tmp_path / "o"), *argv])
         assert exc.value.code == 2

@@ -10,10 +10,20 @@
 * :func:`equal_cost_search`: random or grid search over the same box at the
   cost of an STN run, optionally extended beyond it for the cost plot;
 * :func:`quality`: PSNR/SSIM of a denoiser on noisy/clean image stacks;
+* :func:`foe_baseline`: a Field of Experts learned by MAID on central crops
+  of training images, evaluated on the test images (a baseline of the
+  reproduction);
 * figures: :func:`plot_val_psnr`, :func:`plot_schedules`, :func:`plot_cost`.
 
 References
 ----------
+S. Roth and M. J. Black, "Fields of Experts", Int. J. Comput. Vis.
+82:205-229, 2009 (the FoE baseline).
+
+M. S. Salehi, S. Mukherjee, L. Roberts and M. J. Ehrhardt, "An adaptively
+inexact first-order method for bilevel optimization with application to
+hyperparameter learning", arXiv:2308.10098 (MAID, which learns it).
+
 M. MacKay et al., "Self-Tuning Networks", ICLR 2019, arXiv:1903.03088 (the
 cost comparison: best validation loss so far against time, STN against random
 search, grid search and Bayesian optimisation).
@@ -25,17 +35,21 @@ import math
 
 import numpy as np
 
+from .. import bilevel as _bilevel
 from .._io import atomic_write_bytes
-from ..backend import to_device, to_numpy
-from ..evaluation import image_quality
+from ..backend import get_namespace, to_device, to_numpy
+from ..evaluation import evaluate_theta, image_quality
 from ..metrics import psnr_per_image
+from ..problems import DenoisingProblem, SquaredError
+from ..regularizers import FieldOfExperts
 from .baselines import best_so_far, grid_search, n_trials, random_search, sample_random, train_fixed
 from .hyperparameters import Hyperparameter, HyperParameters
 from .io import denoise_stn
 from .models import DnCNNSTN, VariationalSTN
 
 __all__ = ["HYPER_SPECS", "DEFAULT_TUNE", "MODEL_DEFAULTS", "make_hyper", "split_by_image", "make_model",
-           "hyper_at_row", "equal_cost_search", "compare_at_equal_cost", "quality", "mean_std", "plot_val_psnr",
+           "hyper_at_row", "equal_cost_search", "compare_at_equal_cost", "quality", "foe_baseline", "FOE_MAID_OPTIONS",
+           "mean_std", "plot_val_psnr",
            "plot_schedules", "plot_cost", "stn_curve", "read_history_csv"]
 
 #: the tunable hyperparameters of the front ends: initial value, range, transform, search box
@@ -281,6 +295,73 @@ def quality(model, hyper, clean, noisy, *, values=None):
     q["psnr_per_image"] = [float(v) for v in psnr_per_image(np.clip(den, 0, 1), clean)]
     q["noisy_psnr_mean"] = float(np.mean(psnr_per_image(np.asarray(noisy, dtype=np.float64), clean)))
     return q, den
+
+
+#: MAID options of :func:`foe_baseline` (those of ``scripts/reproduce_foe.py``; certificate off by default)
+FOE_MAID_OPTIONS = {"eps0": 0.1, "delta0": 0.1, "step0": 0.01, "rho": 0.5, "nu": 0.5, "nu_inc": 1.05, "bound": False}
+
+
+def foe_baseline(clean, noisy, test_clean, test_noisy, *, n_filters=8, size=5, crop=64, budget=2e4, max_iter=10000,
+                 bound=False, seed=0, eval_tol=1e-3):
+    """A Field of Experts learned by MAID on central crops of training images, evaluated on test images.
+
+    Parameters
+    ----------
+    clean, noisy : arrays, shape (n, H, W)
+        Training images and their noisy versions (one namespace, as every
+        array here; the learning problem takes ``xp`` from them).
+    test_clean, test_noisy : arrays, shape (m, H', W')
+        Test images, evaluated by one lower-level solve each at the learned θ.
+    n_filters, size : int
+        The :class:`~varlearn.FieldOfExperts` (filters initialised from ``seed``).
+    crop : int
+        MAID learns on the central ``crop`` x ``crop`` part of every training
+        image (``crop`` at most H and W), to bound the cost on a CPU.
+    budget, max_iter : float, int
+        MAID stops when its cost (lower-level + CG iterations) reaches
+        ``budget`` or after ``max_iter`` outer iterations, whichever comes
+        first; ``status`` says which (``success`` is not expected).
+    bound : bool
+        MAID's error certificate (analytic FoE constants) on or off
+        (:data:`FOE_MAID_OPTIONS`; off by default: with it off MAID reached the
+        lower loss at equal cost in ``reproduce_foe.py``'s CPU runs).
+    eval_tol : float
+        Lower-level tolerance of the evaluation solves
+        (:func:`~varlearn.evaluation.evaluate_theta`).
+
+    Returns
+    -------
+    dict
+        ``theta``, ``status``, ``nit``, ``cost``, ``fun`` (final upper loss),
+        ``train`` (on the crops) and ``test``: :func:`~varlearn.evaluation.evaluate_theta`
+        at the learned θ; ``wall_time`` (MAID only), ``scale``.
+    """
+    import time  # noqa: PLC0415
+
+    h, w = clean.shape[-2:]
+    if not (isinstance(crop, (int, np.integer)) and size <= crop <= min(h, w)):
+        raise ValueError(f"crop must be an integer in [{size}, {min(h, w)}] (filter size .. image side), got {crop!r}")
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"budget must be a positive number, got {budget!r}")
+    xp = get_namespace(clean, noisy)
+    i, j = (h - crop) // 2, (w - crop) // 2
+    clean_c, noisy_c = clean[:, i:i + crop, j:j + crop], noisy[:, i:i + crop, j:j + crop]
+    reg = FieldOfExperts(n_filters=n_filters, size=size, rng=seed)
+    t0 = time.perf_counter()
+    upper = SquaredError(clean_c)
+    res = _bilevel.minimize_bilevel(DenoisingProblem(noisy_c, reg), upper, to_device(reg.init_params(), xp), "maid",
+                                    options={**FOE_MAID_OPTIONS, "bound": bool(bound), "budget": float(budget),
+                                             "max_iter": int(max_iter)})
+    wall = time.perf_counter() - t0
+    theta = to_numpy(res.theta)
+    th = to_device(theta, xp)
+    train = evaluate_theta(DenoisingProblem(noisy_c, reg), upper, th, eval_tol, x0=res.x)
+    test = evaluate_theta(DenoisingProblem(test_noisy, reg), SquaredError(test_clean), th, eval_tol)
+    return {"theta": [float(v) for v in theta], "status": res.status, "nit": int(res.nit),
+            "cost": int(res.n_lower_iter + res.n_cg_iter), "fun": float(res.fun), "train": train, "test": test,
+            "wall_time": wall, "scale": {"n_filters": n_filters, "size": size, "crop": crop, "n_images": len(clean),
+                                         "n_params": int(reg.n_params), "budget": float(budget),
+                                         "max_iter": int(max_iter), "bound": bool(bound)}}
 
 
 # ---------------------------------------------------------------------------- figures
