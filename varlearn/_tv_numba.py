@@ -27,9 +27,10 @@ call, for the dtype of that call only, and cached on disk (``cache=True``).
 block count) need no Python zero-division check.  With the default Python error
 model that check sits in every inner loop and stops LLVM vectorising it: the
 serial kernels were 2-3.5x slower than the former ``parallel=True`` ones
-(whose loop bodies numba compiles with that check removed and without aliasing);
-with it they match them (FISTA step on 24x96^2 float64, one thread: 0.61-0.76 ms
-against 0.57-0.98 ms, ``/tmp``-free benchmark: ``scripts/benchmark_lower.py``).
+(numba compiles a ``prange`` body as a separate function whose array arguments
+are marked non-aliasing, which also lets LLVM vectorise); with it they are on par
+(fused FISTA step on 24x96^2 float64, one thread, the other core busy, three
+alternated runs each: 0.61-0.76 ms against 0.57-0.98 ms for the former kernels).
 
 The NumPy code in :mod:`varlearn.regularizers.tv` is the reference; the test
 suite checks these kernels against it (the results agree up to rounding: the
