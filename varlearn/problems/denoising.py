@@ -172,9 +172,11 @@ class SquaredError(UpperLoss):
         return get_namespace(x, self.clean)
 
     def psnr(self, x, data_range=1.0):
-        """Mean over images of the PSNR (dB) of ``x`` against the clean images, clipped to [0, 1]."""
-        xp = self._xp(x)
-        xc = xp.clip(x, 0.0, data_range)
-        cc = xp.clip(self.clean, 0.0, data_range)
-        mse = xp.mean((xc - cc) ** 2, axis=(-2, -1))
-        return float(xp.mean(10.0 * xp.log10(data_range ** 2 / xp.maximum(mse, 1e-30))))
+        """Mean over images of the PSNR (dB) of ``x`` against the clean images, ``x`` clipped to [0, data_range].
+
+        :func:`varlearn.metrics.mean_psnr` with ``clip=True`` (the clean images must lie in
+        ``[0, data_range]``); use that function directly for unclipped values.
+        """
+        from ..metrics import mean_psnr
+
+        return mean_psnr(x, self.clean, data_range=data_range, clip=True)

@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from ..backend import get_namespace, to_device, to_numpy
+from ..metrics import psnr_from_mse
 from ._state import MESSAGES, STNResult, restore_checkpoint, restore_trainer, save_trainer
 from ._trainutil import Samples, loss_and_grad, validate_options
 from .hyperparameters import HyperParameters
@@ -140,7 +141,7 @@ class STNTrainer:
         self.noisy_psnr = float(np.mean(self._psnr(per)))
 
     def _psnr(self, per_mse):
-        return 10.0 * np.log10(self.options["data_range"] ** 2 / per_mse)
+        return psnr_from_mse(per_mse, data_range=self.options["data_range"])
 
     def _h(self, ut):
         return to_device(self.hyper.hnet_input(ut).astype(self.dtype), self.xp)
