@@ -120,17 +120,7 @@ def main(argv=None):
             test_noisy = test_clean + sigma * rng.standard_normal(test_clean.shape)
             entry = {"sigma": sigma, "runs": [], "baselines": {},
                      "noisy_psnr": float(np.mean(psnr_per_image(test_noisy, test_clean)))}
-            clean_tr = np.asarray(pool[tr][:4], dtype=np.float64)
-            noisy_tr = clean_tr + sigma * np.random.default_rng([args.seed, 7]).standard_normal(clean_tr.shape)
-            if not args.no_tv:
-                entry["baselines"] = tv_baselines(clean_tr, noisy_tr, test_clean, test_noisy, args)
-            if args.foe_budget > 0:
-                f = X.foe_baseline(clean_tr, noisy_tr, test_clean, test_noisy, n_filters=args.foe_filters,
-                                   size=args.foe_size, crop=args.foe_crop, budget=args.foe_budget, seed=args.seed)
-                print(f"  MAID FoE {args.foe_filters}x{args.foe_size}² on {len(clean_tr)} crops {args.foe_crop}²"
-                      f" ({f['status']}, cost {f['cost']}, {f['wall_time']:.0f} s): test {f['test']['psnr_mean']:.3f}"
-                      " dB", flush=True)
-                entry["baselines"]["foe_maid"] = f
+            entry["baselines"] = variational_baselines(pool[tr], sigma, test_clean, test_noisy, args)
             for k in range(0 if args.no_stn else args.seeds):
                 seed = args.seed + k
                 print(f"sigma {key}/255, seed {seed}:", flush=True)
@@ -149,8 +139,19 @@ def main(argv=None):
     return metrics
 
 
-def tv_baselines(clean_tr, noisy_tr, test_clean, test_noisy, args):
-    """denoise_tv_chambolle at its best training weight and MAID-learned TV, on the test images."""
+def variational_baselines(clean_tr, sigma, test_clean, test_noisy, args):
+    """denoise_tv_chambolle at its best training weight, MAID-learned TV and FoE, on the test images."""
+    clean_tr = np.asarray(clean_tr[:4], dtype=np.float64)
+    noisy_tr = clean_tr + sigma * np.random.default_rng([args.seed, 7]).standard_normal(clean_tr.shape)
+    out = {}
+    if args.foe_budget > 0:
+        f = out["foe_maid"] = X.foe_baseline(clean_tr, noisy_tr, test_clean, test_noisy, n_filters=args.foe_filters,
+                                             size=args.foe_size, crop=args.foe_crop, budget=args.foe_budget,
+                                             seed=args.seed)
+        print(f"  MAID FoE {args.foe_filters}x{args.foe_size}² on {args.foe_crop}² crops ({f['status']},",
+              f"cost {f['cost']}, {f['wall_time']:.0f} s): test {f['test']['psnr_mean']:.3f} dB", flush=True)
+    if args.no_tv:
+        return out
     ch = chambolle_baseline(noisy_tr, clean_tr, test_noisy, test_clean, args.quick)
     ch.pop("search", None)
     reg = vl.TotalVariation(isotropic=True)
@@ -162,8 +163,8 @@ def tv_baselines(clean_tr, noisy_tr, test_clean, test_noisy, args):
                         1e-3)
     print(f"  chambolle weight {ch['weight']:.4g}: test {ch['psnr_mean']:.3f} dB; MAID TV θ {np.round(res.theta, 3)} "
           f"({res.status}): test {te['psnr_mean']:.3f} dB", flush=True)
-    return {"chambolle": ch, "tv_maid": {"theta": list(map(float, res.theta)), "status": res.status,
-                                         "cost": float(res.cost) if "cost" in res else None, "test": te}}
+    return out | {"chambolle": ch, "tv_maid": {"theta": list(map(float, res.theta)), "status": res.status,
+                                         "cost": int(res.n_lower_iter + res.n_cg_iter), "test": te}}
 
 
 def summarize(entry):
