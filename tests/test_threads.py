@@ -127,6 +127,36 @@ def test_run_chunks_raises_a_worker_error():
         _accel.run_chunks(kernel, 4, (), 2)
 
 
+def test_run_chunks_from_concurrent_callers_while_the_pool_is_replaced():
+    # callers in several threads; the shared pool is replaced (as when a caller needs a bigger
+    # one) while the others submit to it: every call must still cover each chunk once
+    import threading
+
+    errors = []
+
+    def kernel(out, c0, c1):
+        out[c0:c1] += 1
+
+    def caller(k):
+        try:
+            for i in range(150):
+                if i % 3 == 0:
+                    _accel._pool["size"] = 0  # the next call builds a new pool
+                out = np.zeros(16)
+                _accel.run_chunks(kernel, 16, (out,), 2 + (i + k) % 6)
+                assert np.array_equal(out, np.ones(16)), out
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(repr(exc))
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in callers), "run_chunks hung"
+    assert errors == []
+
+
 def test_dot_is_independent_of_the_thread_count(rng):
     red = pytest.importorskip("varlearn._reduce_numba")
     a = rng.randn(3 * red._BLOCK + 17)

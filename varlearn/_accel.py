@@ -357,19 +357,24 @@ def thread_info() -> dict:
 
 # ---------------------------------------------------------------------- kernel thread pool
 _pool = {"executor": None, "size": 0, "pid": None}
+_pool_lock = threading.Lock()
 _PARTS_PER_THREAD = 2
 
 
 def _executor(workers):
-    ex = _pool["executor"]
-    if ex is None or _pool["size"] < workers or _pool["pid"] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
+    """The shared pool, replaced by a bigger one (or a new one after a fork) when needed.
 
-        if ex is not None and _pool["pid"] == os.getpid():
-            ex.shutdown(wait=False)
-        ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="varlearn-kernel")
-        _pool.update(executor=ex, size=workers, pid=os.getpid())
-    return ex
+    A replaced pool is not shut down: another caller may be submitting to it at
+    that moment; its idle threads exit once it is garbage collected.
+    """
+    with _pool_lock:
+        ex = _pool["executor"]
+        if ex is None or _pool["size"] < workers or _pool["pid"] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="varlearn-kernel")
+            _pool.update(executor=ex, size=workers, pid=os.getpid())
+        return ex
 
 
 def run_chunks(kernel, n_chunks, args, n_threads=None):
@@ -411,7 +416,10 @@ def run_chunks(kernel, n_chunks, args, n_threads=None):
 
     ex = _executor(n - 1)
     for _ in range(n - 1):
-        ex.submit(work)
+        try:
+            ex.submit(work)
+        except RuntimeError:  # interpreter shutting down: the calling thread does the rest
+            break
     work()
     finished.wait()
     if state["error"] is not None:
