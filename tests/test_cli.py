@@ -384,6 +384,8 @@ def test_denoise_bad_input(tiny_run, tmp_path, capsys):
     _expect_usage_error(capsys, ["denoise", "--params", params, empty, "--out", tmp_path / "o"], "no image files")
     _expect_usage_error(capsys, ["denoise", "--params", params, img, "--out", tmp_path / "o", "--tol", "-1"],
                         "--tol")
+    _expect_usage_error(capsys, ["denoise", "--params", params, img, "--out", tmp_path / "o", "--bit-depth", "0"],
+                        "--bit-depth must be", "got 0")
     # θ is authoritative: a params.json whose natural units were edited is refused, naming the field
     edited = json.loads(params.read_text())
     edited["params"]["weight"] *= 10

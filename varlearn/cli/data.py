@@ -79,6 +79,12 @@ def _parse_kodak_list(text):
     return sorted(set(out))
 
 
+def check_bit_depth(bit_depth):
+    """:class:`CliError` naming ``--bit-depth`` unless it is ``None`` or an integer from 1 to 64."""
+    if bit_depth is not None and not 1 <= bit_depth <= 64:
+        raise CliError(f"--bit-depth must be an integer from 1 to 64, got {bit_depth}")
+
+
 def refuse_noisy_resize(cfg):
     """:class:`CliError` naming ``--size`` when noisy image pairs would be resized."""
     if cfg.get("source") == "pairs" and cfg.get("size"):
@@ -105,8 +111,7 @@ def data_config(args) -> dict:
             raise CliError("--clean DIR needs --noisy DIR (image pairs) or --sigma S (synthetic noise)")
         cfg = {"source": "pairs" if args.noisy is not None else "sigma", "size": args.size}
         refuse_noisy_resize(cfg)
-        if args.bit_depth is not None and not 1 <= args.bit_depth <= 64:
-            raise CliError(f"--bit-depth must be an integer from 1 to 64, got {args.bit_depth}")
+        check_bit_depth(args.bit_depth)
         cfg.update({"clean_dir": str(_check_dir(args.clean, "--clean")),
                     "noisy_dir": str(_check_dir(args.noisy, "--noisy")) if args.noisy is not None else None,
                     "sigma": args.sigma, "crop": args.crop, "seed": seed, "bit_depth": args.bit_depth})

@@ -12,7 +12,7 @@ from ..backend import to_device, to_numpy
 from ..problems import DenoisingProblem
 from . import stn
 from .common import add_threads_argument, check_backend, input_errors, thread_limit
-from .data import cli_words
+from .data import check_bit_depth, cli_words
 from .errors import EXIT_OK, CliError, Interrupted, warn
 from .final import DEFAULT_PIXEL_TOL, FINAL_MAXITER, final_solve
 from .progress import Progress, compile_notice
@@ -104,6 +104,7 @@ def _prepare(args):
         raise CliError(f"--tol must be a positive number, got {args.tol}")
     if args.max_iter < 1:
         raise CliError(f"--max-iter must be a positive integer, got {args.max_iter}")
+    check_bit_depth(args.bit_depth)
     files = _collect_inputs(args.inputs)
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
