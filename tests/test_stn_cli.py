@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from varlearn._io import load_json
+from varlearn.bilevel.checkpoint import load_checkpoint
 from varlearn.cli import main
 from varlearn.datasets import builtin_images
 from varlearn.stn import DnCNNSTN, VariationalSTN
@@ -116,9 +117,29 @@ def test_run_folder_contents(stn_run):
     assert rec["hyper"]["u"] == pytest.approx([float(best["u_noise"]), float(best["u_weight_decay"])], rel=1e-12)
     digest = hashlib.sha256((stn_run / "model.npz").read_bytes()).hexdigest()
     assert rec["weights"]["sha256"] == digest
+    _assert_written_weights_are_the_best(stn_run)
     v = res["val_images"]
     assert v["names"] == cfg["split"]["val"] and len(v["psnr"]) == 2
     assert v["psnr_mean"] > v["noisy_psnr_mean"] + 1.0  # smoke: even 40 steps of a tiny net denoise
+
+
+def _assert_written_weights_are_the_best(run):
+    """model.npz holds the selected weights (the checkpoint's best/ arrays), not the last step's."""
+    _, arrays = load_checkpoint(run / "checkpoint.npz")
+    with np.load(run / "model.npz", allow_pickle=False) as weights:
+        assert set(weights.files) == {k[5:] for k in arrays if k.startswith("best/")}
+        for k in weights.files:
+            np.testing.assert_array_equal(weights[k], arrays["best/" + k])
+
+
+def test_written_model_is_the_best_evaluation_not_the_last(clean_dir, tmp_path):
+    """A too-large learning rate makes the untrained network (step 0) the best: that one is written."""
+    run = tmp_path / "run"
+    assert main(["stn", "--clean", str(clean_dir), "--out", str(run), "--val", "2", "--warmup", "2", "--lr", "0.05",
+                 *TINY]) == 0
+    rec = load_json(run / "params.json")
+    assert rec["results"]["best_step"] == 0 and rec["results"]["n_steps"] == 40
+    _assert_written_weights_are_the_best(run)
 
 
 def test_denoise_with_stn_run_equals_the_library(stn_run, clean_dir, tmp_path, capsys):

@@ -404,6 +404,8 @@ def _run_stn(args, s):
     if r.status == "nan":
         raise Failure(f"training diverged (non-finite loss) at step {r.n_steps}; try a smaller --lr; "
                       f"history.csv and the checkpoint are kept in {run}")
+    # the denoiser written is the best evaluation's: its weights with the λ they were evaluated at
+    s["model"].load_state(r.best_state)
     hyper = X.hyper_at_row(s["hyper"], r.best)
     results = {"status": r.status, "message": r.message, "success": r.success, "n_steps": r.n_steps,
                "n_hyper_steps": r.n_hyper_steps, "cost": r.cost, "wall_time": r.wall_time,
