@@ -306,3 +306,50 @@ def test_claimed_constants_are_never_below_the_observed(radius):
             assert claimed is not None and obs[key] <= claimed * (1 + 1e-6) + 1e-12, (name, key, obs)
         if name != "quadratic":
             assert obs["L_H"] > 0 and obs["L_J"] > 0  # the observation is not vacuous
+
+
+# ---------------------------------------------------------------------- grad_error_bound
+def _grad_error_cases(rng):
+    """(float32 problem, float64 problem on the same data, θ, x) for every built-in model."""
+    from varlearn.potentials import LogStudentT
+
+    clean = rng.uniform(size=(2, 8, 8))
+    noisy = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+    x = (noisy + 0.05 * rng.standard_normal(noisy.shape)).astype(np.float32)
+    cases = []
+    for reg, theta in [
+        (vl.TotalVariation(), np.array([-2.0, -5.0])),
+        (vl.PotentialRegularizer(FiniteDifference(), LogStudentT()), np.array([-1.5, -3.0])),
+        (vl.FieldOfExperts(n_filters=3, size=5, rng=2), None),
+    ]:
+        if theta is None:
+            theta = reg.init_params() + 0.3 * rng.standard_normal(reg.n_params)
+        theta = theta.astype(np.float32).astype(np.float64)  # both problems see the same θ
+        cases.append((vl.DenoisingProblem(noisy, reg), vl.DenoisingProblem(noisy.astype(np.float64), reg), theta, x))
+    prob, _, theta = _ill_quadratic(rng, 1e3, dtype=np.float32)
+    prob64 = vl.QuadraticProblem(*(np.asarray(a, dtype=np.float64) for a in (prob.A, prob.B, prob.b)))
+    theta = theta.astype(np.float32).astype(np.float64)
+    cases.append((prob, prob64, theta, (10.0 * rng.standard_normal(prob.x_shape)).astype(np.float32)))
+    A = (3.0 * rng.standard_normal((300, 7))).astype(np.float32)
+    y = rng.integers(0, 5, 300)
+    y[:5] = np.arange(5)
+    theta = np.full(35, -3.0, dtype=np.float32).astype(np.float64)
+    prob = vl.MultinomialLogisticProblem(A, y, 5)
+    prob64 = vl.MultinomialLogisticProblem(A.astype(np.float64), y, 5)
+    cases.append((prob, prob64, theta, (2.0 * rng.standard_normal(prob.x_shape)).astype(np.float32)))
+    return cases
+
+
+def test_grad_error_bound_covers_the_float32_rounding_of_grad():
+    """grad_error_bound (used by the distance certificate) is at least the error of the float32
+    gradient against the float64 gradient of the same data, for every model, and finite."""
+    for prob32, prob64, theta, x in _grad_error_cases(np.random.default_rng(3)):
+        g32 = np.asarray(prob32.grad(x, theta), dtype=np.float64)
+        g64 = np.asarray(prob64.grad(x.astype(np.float64), theta), dtype=np.float64)
+        err = float(np.linalg.norm(g32 - g64))
+        bound = float(prob32.grad_error_bound(x, theta))
+        name = type(getattr(prob32, "regularizer", prob32)).__name__
+        # the float64 reference is itself off by ~1e-16 relative: negligible against float32's u
+        assert 0 < err <= bound, (name, err, bound)
+        # worst-case first-order bounds: 40x (TV) to 7e4x (FoE, LogStudentT at small ν) the error seen
+        assert bound <= 1e6 * err, (name, err, bound)
