@@ -100,6 +100,8 @@ def test_edited_foe_weight_names_the_index(tmp_path):
     (lambda r: r.__setitem__("theta", [1.0, "x"]), ["theta must be a list of numbers"]),
     (lambda r: r.__setitem__("theta", [1.0, "nan"]), ["non-finite"]),
     (lambda r: r.__setitem__("format_version", 99), ["format version 99"]),
+    (lambda r: r.__setitem__("seed", "abc"), ["seed must be a non-negative integer", "'abc'"]),
+    (lambda r: r.__setitem__("seed", [1]), ["seed must be", "[1]"]),
 ])
 def test_bad_params_files(tv_file, change, words):
     path, _, _ = tv_file

@@ -362,10 +362,11 @@ def load_params(path):
     ------
     ParamsError
         Naming the file and the problem: missing, not JSON, not a varlearn
-        params file, an unknown model or configuration, θ of the wrong length
-        or not finite, or natural units that disagree with θ (the field, the
-        stored and the θ-derived value are named; θ is authoritative, so edit
-        θ or delete ``params``).
+        params file, an unknown model or configuration, a ``seed`` that is not
+        a non-negative integer, θ of the wrong length or not finite, or
+        natural units that disagree with θ (the field, the stored and the
+        θ-derived value are named; θ is authoritative, so edit θ or delete
+        ``params``).
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -385,7 +386,10 @@ def load_params(path):
     if not isinstance(theta, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               for v in theta):
         raise ParamsError(f"{path}: theta must be a list of numbers")
-    reg = spec.build(config, record.get("seed"))
+    seed = record.get("seed")
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise ParamsError(f"{path}: seed must be a non-negative integer or absent, got {seed!r}")
+    reg = spec.build(config, seed)
     theta = _check_theta(np.asarray(theta, dtype=np.float64), reg, model, str(path))
     derived = from_json_value(natural_units(reg, theta))  # as a reader of the file sees it
     if "params" in record:
