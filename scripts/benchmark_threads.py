@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import varlearn as vl
+from varlearn._io import dump_json
 from varlearn.datasets import add_noise, builtin_images
 
 
@@ -173,8 +174,7 @@ def main(argv=None):
                 cells.append(f"{t:>8s} {r['seconds'] / fastest:5.2f}x")
             print(f"{state:8s} {name:8s} " + " ".join(cells))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        dump_json(args.json, rows)
 
 
 if __name__ == "__main__":
