@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_text, dumps_json, from_json_value, loads_json, to_json_value
+from ._io import dump_json, from_json_value, loads_json, to_json_value
 from .regularizers import FieldOfExperts, TotalVariation
 from .results import Result
 
@@ -305,7 +305,7 @@ def save_params(path, model, config, theta, *, regularizer=None, seed=None, **ex
     path = Path(path)
     if path.is_dir():
         path = path / PARAMS_FILE
-    atomic_write_text(path, dumps_json(record, indent=2))
+    dump_json(path, record, indent=2)
     return record
 
 

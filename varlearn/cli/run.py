@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from .._io import atomic_write_text, dumps_json
+from .._io import dump_json
 from ..bilevel import history_to_csv
 from ..io import PARAMS_FILE, read_json
 from .errors import CliError
@@ -104,7 +104,7 @@ def create_out(run: Path, overwrite: bool):
 
 
 def write_config(run: Path, cfg: dict):
-    atomic_write_text(run / CONFIG_FILE, dumps_json(cfg, indent=2))
+    dump_json(run / CONFIG_FILE, cfg, indent=2)
 
 
 def load_config(run: Path) -> dict:
