@@ -345,7 +345,7 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
             nit += 1
             pap = _vdot(p, ap)
             if not pap > 0:
-                true_rr = False
+                # x is unchanged since rr was last set: done() recomputes it only if it is a recurrence value
                 return done("nan" if not math.isfinite(pap) else "indefinite")
             alpha = rr / pap
             x += alpha * p
