@@ -132,13 +132,13 @@ class STNModel:
 
     def decay(self):
         xp = self.xp
-        value = 0.0
+        value = 0.0  # summed in float64 in the namespace of the weights: one device-to-host transfer, not one per array
         grads = {}
         for k in self.decay_keys:
             w = self.params[k]
-            value += 0.5 * float(xp.vdot(w.ravel(), w.ravel()))
+            value = value + xp.vdot(w.ravel(), w.ravel()).astype(xp.float64)
             grads[k] = w
-        return value, grads
+        return 0.5 * float(value), grads
 
     def get_config(self):
         raise NotImplementedError
