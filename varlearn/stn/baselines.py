@@ -180,6 +180,19 @@ def best_so_far(history, key="val_psnr"):
     return cost, t, (np.maximum if "psnr" in key else np.minimum).accumulate(v)
 
 
+def trial_record(index, result, wall_time):
+    """One trial's dict (:class:`SearchResult`) from its index, its ``STNResult`` and its seconds."""
+    r = result
+    return {"index": index, "values": r.hyper, "val_loss": r.best["val_loss"], "val_psnr": r.best["val_psnr"],
+            "final_val_loss": r.final_val_loss, "final_val_psnr": r.final_val_psnr, "cost": r.cost,
+            "wall_time": wall_time, "status": r.status}
+
+
+def random_stream(seed):
+    """The generator :func:`random_search` draws its points from (one stream per seed)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+
+
 def _search(kind, points_fn, model, hyper, train_images, val_images, *, sigma, budget, trial_options, seed,
             callback):
     _check_hyper(hyper)
@@ -199,9 +212,7 @@ def _search(kind, points_fn, model, hyper, train_images, val_images, *, sigma, b
         dt = time.perf_counter() - t0
         total += r.cost
         seconds += dt
-        trial = {"index": i, "values": r.hyper, "val_loss": r.best["val_loss"], "val_psnr": r.best["val_psnr"],
-                 "final_val_loss": r.final_val_loss, "final_val_psnr": r.final_val_psnr, "cost": r.cost,
-                 "wall_time": dt, "status": r.status}
+        trial = trial_record(i, r, dt)
         trials.append(trial)
         if best is None or trial["val_loss"] < best["val_loss"]:
             best, best_state = trial, r.best_state
@@ -251,7 +262,7 @@ def random_search(model, hyper, train_images, val_images, *, sigma, budget, tria
     -------
     SearchResult
     """
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+    rng = random_stream(seed)
     return _search("random", lambda k: sample_random(hyper, k, rng), model, hyper, train_images, val_images,
                    sigma=sigma, budget=budget, trial_options=trial_options, seed=seed, callback=callback)
 

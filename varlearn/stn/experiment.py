@@ -42,8 +42,17 @@ from ..evaluation import evaluate_theta, image_quality
 from ..metrics import psnr_per_image
 from ..problems import DenoisingProblem, SquaredError
 from ..regularizers import FieldOfExperts
-from .baselines import best_so_far, grid_search, n_trials, random_search, sample_random, train_fixed
-from .hyperparameters import Hyperparameter, HyperParameters
+from .baselines import (
+    best_so_far,
+    grid_search,
+    n_trials,
+    random_search,
+    random_stream,
+    sample_random,
+    train_fixed,
+    trial_record,
+)
+from .hyperparameters import Hyperparameter, HyperParameters, inv_softplus
 from .io import denoise_stn
 from .models import DnCNNSTN, VariationalSTN
 
@@ -121,7 +130,7 @@ def hyper_at_row(hyper, row):
         h.u[i] = float(row["u_" + name])
         s = float(row.get("sigma_" + name, math.nan))
         if math.isfinite(s) and s > 0:
-            h.rho[i] = s + math.log(-math.expm1(-s))  # inverse softplus
+            h.rho[i] = float(inv_softplus(s))
     return h
 
 
@@ -177,9 +186,8 @@ def equal_cost_search(kind, model, hyper, train, val, *, sigma, stn_cost, trial_
     wall = eq.wall_time
     if kind == "random" and factor > 1:
         k_all = n_trials(float(factor) * stn_cost, eq.trial_cost)
-        # the stream random_search draws its points from (baselines.random_search); checked against its trials
-        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
-        points = sample_random(hyper, k_all, rng)
+        # the stream random_search draws its points from; checked against its trials
+        points = sample_random(hyper, k_all, random_stream(seed))
         same = all(math.isclose(points[i][k], v, rel_tol=1e-9, abs_tol=1e-12) or k == "augment"
                    for i, t in enumerate(trials) for k, v in t["values"].items())
         if not same:
@@ -187,9 +195,7 @@ def equal_cost_search(kind, model, hyper, train, val, *, sigma, stn_cost, trial_
         for i in range(len(trials), k_all):
             model.load_state(init)
             r = train_fixed(model, hyper, points[i], train, val, sigma=sigma, options=trial_options, seed=seed)
-            t = {"index": i, "values": r.hyper, "val_loss": r.best["val_loss"], "val_psnr": r.best["val_psnr"],
-                 "final_val_loss": r.final_val_loss, "final_val_psnr": r.final_val_psnr, "cost": r.cost,
-                 "wall_time": r.wall_time, "status": r.status, "continued": True}
+            t = {**trial_record(i, r, r.wall_time), "continued": True}
             trials.append(t)
             wall += r.wall_time
             best = min(trials, key=lambda x: x["val_loss"])
