@@ -282,14 +282,11 @@ def benchmark_meta(backends):
     """Versions, CPU count, accelerator and thread settings (and the GPU) of a benchmark run."""
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "accelerated": _accel.accelerated(),
-            "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")}
+            "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"), "threads": _accel.thread_info()}
     try:
         import numba
 
         meta["numba"] = numba.__version__
-        meta["numba_threads"] = numba.get_num_threads()
-        if hasattr(_accel, "thread_info"):
-            meta["threads"] = _accel.thread_info()
     except ImportError:
         meta["numba"] = None
     if "cupy" in backends:
