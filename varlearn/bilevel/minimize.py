@@ -200,10 +200,7 @@ def _hoag_iteration(run, t0):
     hg = run.hypergrad(tol, tol, bound=False)
     run.x_warm = hg.x
     g_old = hg.upper_value
-    run.last = run.bounds(hg.x, hg.eps)
-    if not run.history:
-        run.x_current = hg.x
-        run.row(None, math.nan, 0, math.nan, hg.grad_norm, t0)
+    _record_start(run, hg, t0)  # hg.error_bound is NaN: no bound
     if hg.grad_norm <= o["gtol"]:
         raise _Stop("gradient_tol")
     if run.L_hoag is None:
