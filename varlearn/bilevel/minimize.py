@@ -275,9 +275,11 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
       failed and ε would go below ``eps_floor`` though no trial solve missed
       its tolerance: the decrease λα‖z‖² is below what the floor accuracy
       resolves).  ``stationarity_bound = ‖z‖ + ω`` bounds ‖∇f(θ)‖; it is
-      certified when the bound's constants are exact (``bound_exact``), the
-      certificate is on and both solvers met their tolerances, and
-      ``success`` when it is certified and at most
+      certified when the bound's constants are exact (``bound_exact``) and,
+      at the line-search floor, the certificate is on and both solvers of the
+      last hypergradient met their tolerances (in the certificate loop ω is a
+      valid bound whatever the solvers' status, ``"precision_limit"``
+      included), and ``success`` when it is certified and at most
       ``max(gtol, stationarity_rtol * ‖z_0‖)``;
     * ``"lower_failed"`` / ``"cg_failed"``: in the certificate loop, ω > (1 − η)‖z‖
       and the lower-level solve (``lower_maxiter``) or CG (``cg_maxiter``)
