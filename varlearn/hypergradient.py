@@ -209,7 +209,8 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         (``"success"`` when both solvers met their tolerances; else
         ``"lower_failed"`` (lower level stopped on ``lower_maxiter``),
         ``"precision_limit"`` (``lower_tol`` below what rounding allows to
-        certify) or ``"cg_failed"``), ``success``, ``x``, ``q``,
+        certify), ``"nan"`` (the lower-level solve produced non-finite values) or
+        ``"cg_failed"``), ``success``, ``x``, ``q``,
         ``eps`` and ``delta`` (achieved accuracies), ``upper_value``
         (:math:`U(\tilde x)`), ``upper_grad_norm``, ``n_lower_iter``,
         ``n_cg_iter`` (CG products plus any products used by estimates),
