@@ -133,7 +133,12 @@ def chambolle_baseline(noisy_tr, clean_tr, noisy_te, clean_te, quick=False):
 
 
 def _grid(solver, g0, g1, tol, x_start=None):
-    """f on the grid g0 x g1, each row warm-started from the first point of the previous row."""
+    """f on the grid g0 x g1, warm-started along each row.
+
+    Each row starts from ``x_start`` when it is given, else from the solution
+    at the first point of the previous row (the first row from the solver's
+    last solution).
+    """
     F = np.full((g0.size, g1.size), np.nan)
     row_start = x_start
     for i, a in enumerate(g0):
