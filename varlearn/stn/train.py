@@ -57,7 +57,6 @@ logger = logging.getLogger("varlearn")
 __all__ = ["train_stn", "STNTrainer", "STNResult", "restore_checkpoint"]
 
 
-
 class _Stop(Exception):
     def __init__(self, status):
         super().__init__(status)
@@ -483,6 +482,9 @@ def train_stn(model, hyper, train_images, val_images, *, sigma, options=None, ca
     unless the last one was at the same state, and is the last history row
     (``final=True``).  Its cost is included in ``result.cost`` but not in the
     checkpoint, so a resumed run continues exactly.
+
+    On CuPy data, weights and masks stay on the device; each step copies the host-drawn noise (so both
+    backends draw the same numbers) and the ``(B, n)`` hypernet inputs/gradients, and reads the loss.
 
     References
     ----------
