@@ -313,7 +313,7 @@ class MultinomialLogisticProblem(LowerProblem):
         xp = self.xp
         r = float(radius)
         u = float(np.finfo(self.dtype).eps) / 2.0
-        _, st = self._cm.softmax_ce(x)
+        st = self._softmax_at(x)  # cached by CG's products at the same x (read only here)
         rest = 1.0 - st.max(axis=0).astype(xp.float64)  # 1 - s_im
         tau = xp.minimum(0.5, 2.0 * xp.exp(2.0 * r * self._row_norms) * (rest + 8.0 * u))
         ft = self._cm.ft.astype(xp.float64, copy=False)
