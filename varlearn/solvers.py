@@ -272,7 +272,8 @@ def cg(matvec, b, tol, x0=None, maxiter=1000):
     one product used to test it).  When CG stops for any other reason
     (``maxiter`` products, a non-positive curvature), the true residual
     ``||b - A x||`` of the returned ``x`` is recomputed with one more product
-    (counted in ``nit``, so ``nit`` can be ``maxiter + 1``): the recurrence
+    (counted in ``nit``, so ``nit`` can be ``maxiter + 1``) unless ``x`` has
+    not moved since the residual was last computed directly: the recurrence
     residual can sit orders of magnitude below the true one once rounding
     dominates, and is never reported.
 
