@@ -63,6 +63,12 @@ class _Stop(Exception):
         self.status = status
 
 
+def _hyper_turn(o, n_w, n_h):
+    """Whether a hyper-step is due after ``n_w`` weight and ``n_h`` hyper-steps (the schedule of ``next_action``)."""
+    k = n_w - o["warmup_steps"]
+    return o["hyper_steps"] and k > 0 and k % o["t_train"] == 0 and n_h < (k // o["t_train"]) * o["t_val"]
+
+
 def _model_xp_dtype(model):
     arrays = list(model.params.values())
     if not arrays:
@@ -234,11 +240,7 @@ class STNTrainer:
     # ------------------------------------------------------------------ schedule
     def next_action(self):
         """``"hyper"`` or ``"weight"``: warm-up, then ``t_train`` weight steps and ``t_val`` hyper-steps per cycle."""
-        o = self.options
-        k = self.n_w - o["warmup_steps"]
-        if o["hyper_steps"] and k > 0 and k % o["t_train"] == 0 and self.n_h < (k // o["t_train"]) * o["t_val"]:
-            return "hyper"
-        return "weight"
+        return "hyper" if _hyper_turn(self.options, self.n_w, self.n_h) else "weight"
 
     def phase(self):
         if not self.options["hyper_steps"]:
@@ -307,12 +309,8 @@ class STNTrainer:
                 status = self._limit_status(t0)
                 if status is not None:
                     break
-                if self.next_action() == "hyper":
-                    loss = self.hyper_step()
-                    kind = "hyper"
-                else:
-                    loss = self.weight_step()
-                    kind = "weight"
+                kind = self.next_action()
+                loss = self.hyper_step() if kind == "hyper" else self.weight_step()
                 clock()
                 if kind == "weight" and self.n_w % o["eval_every"] == 0:
                     notify({"event": "eval", **self._eval_row()})
@@ -381,8 +379,7 @@ class STNTrainer:
             limits.append(math.ceil(o["max_epochs"] * o["steps_per_epoch"]))
         limit = min(limits)
         while n_w < limit:
-            k = n_w - o["warmup_steps"]
-            if o["hyper_steps"] and k > 0 and k % o["t_train"] == 0 and n_h < (k // o["t_train"]) * o["t_val"]:
+            if _hyper_turn(o, n_w, n_h):
                 n_h += 1
                 cost += o["val_batch_size"] * self.px_val
                 continue
