@@ -178,10 +178,13 @@ class _Run:
             self.q_warm = hg.q
         return hg
 
-    def bounds(self, x, eps_achieved):
-        """(U(x), certified lower bound, certified upper bound) of f at the point solved to ``eps``."""
-        u = float(self.upper.value(x))
-        gn = _lnorm(self.upper.grad(x))
+    def bounds(self, x, eps_achieved, value=None, grad_norm=None):
+        """(U(x), certified lower bound, certified upper bound) of f at the point solved to ``eps``.
+
+        ``value`` and ``grad_norm`` (U(x) and ‖∇U(x)‖ when the caller has them) save recomputing them.
+        """
+        u = float(self.upper.value(x)) if value is None else float(value)
+        gn = _lnorm(self.upper.grad(x)) if grad_norm is None else float(grad_norm)
         L_U = float(self.upper.lipschitz())
         quad = 0.5 * L_U * eps_achieved ** 2
         lower = u - gn * eps_achieved - (0.0 if self.upper.convex else quad)

@@ -165,7 +165,7 @@ def _maid_iteration(run, t0, adaptive):
 
 def _record_start(run, hg, t0):
     """Bounds of f at the current point; the history's row 0 on the first hypergradient."""
-    run.last = run.bounds(hg.x, hg.eps)
+    run.last = run.bounds(hg.x, hg.eps, hg.upper_value, hg.upper_grad_norm)  # U and ‖∇U‖ from hg
     if not run.history:
         run.x_current = hg.x
         run.row(None, math.nan, 0, hg.error_bound, hg.grad_norm, t0)
