@@ -247,7 +247,7 @@ class STNTrainer:
             return "fixed"
         return "warmup" if self.n_w < self.options["warmup_steps"] else "tuning"
 
-    def _limit_status(self, t0):
+    def _limit_status(self):
         o = self.options
         if o["max_steps"] is not None and self.n_w >= o["max_steps"]:
             return "max_steps"
@@ -306,7 +306,7 @@ class STNTrainer:
                 notify({"event": "eval", **self._eval_row()})
             while True:
                 clock()
-                status = self._limit_status(t0)
+                status = self._limit_status()
                 if status is not None:
                     break
                 kind = self.next_action()
