@@ -30,16 +30,15 @@ search, grid search and Bayesian optimisation).
 """
 from __future__ import annotations
 
-import io as _bytesio
 import math
 
 import numpy as np
 
 from .. import bilevel as _bilevel
-from .._io import atomic_write_bytes
 from ..backend import get_namespace, to_device, to_numpy
 from ..evaluation import evaluate_theta, image_quality
 from ..metrics import psnr_per_image
+from ..plotting import _figure, save_figure
 from ..problems import DenoisingProblem, SquaredError
 from ..regularizers import FieldOfExperts
 from .baselines import (
@@ -371,21 +370,9 @@ def foe_baseline(clean, noisy, test_clean, test_noisy, *, n_filters=8, size=5, c
 
 
 # ---------------------------------------------------------------------------- figures
-def _figure(width, height):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _save(fig, path):
-    buf = _bytesio.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)  # PNG written atomically
 
 
 def plot_val_psnr(history, path, noisy_psnr=None):
