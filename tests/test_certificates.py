@@ -353,3 +353,17 @@ def test_grad_error_bound_covers_the_float32_rounding_of_grad():
         assert 0 < err <= bound, (name, err, bound)
         # worst-case first-order bounds: 40x (TV) to 7e4x (FoE, LogStudentT at small ν) the error seen
         assert bound <= 1e6 * err, (name, err, bound)
+
+
+@pytest.mark.parametrize("radius", [-1e-3, math.nan, math.inf])
+def test_local_constants_refuse_a_bad_radius(radius):
+    """A negative radius used to give a smaller (false) logistic L_H and FoE L_J; NaN a LinAlgError."""
+    cases = {name: (prob, theta) for name, prob, theta in _claim_models()}
+    prob, theta = cases["logistic"]
+    x = _quiet(vl.solve_lower, prob, theta, 1e-6).x
+    with pytest.raises(ValueError, match="radius"):
+        prob.hessian_lipschitz_at(x, theta, radius)
+    prob, theta = cases["foe"]
+    x = _quiet(vl.solve_lower, prob, theta, 1e-6).x
+    with pytest.raises(ValueError, match="radius"):
+        prob.mixed_lipschitz_at(x, theta, radius)

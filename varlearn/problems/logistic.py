@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import as_real_floating, check_array, check_int
+from .._validation import as_real_floating, check_array, check_int, check_positive
 from ..backend import get_namespace, is_cupy_array, xp_name
 from .base import LowerProblem, UpperLoss
 
@@ -311,7 +311,7 @@ class MultinomialLogisticProblem(LowerProblem):
         """
         _check_w(x, self.x_shape)
         xp = self.xp
-        r = float(radius)
+        r = check_positive(radius, "radius", allow_zero=True)
         u = float(np.finfo(self.dtype).eps) / 2.0
         st = self._softmax_at(x)  # cached by CG's products at the same x (read only here)
         rest = 1.0 - st.max(axis=0).astype(xp.float64)  # 1 - s_im

@@ -36,6 +36,7 @@ from .._filterbank import (
     weighted_gram_bound,
     work_array,
 )
+from .._validation import check_positive
 from ..backend import get_namespace
 from ..linalg import norm as _lnorm
 from .base import potential_grad_error
@@ -138,6 +139,7 @@ def mixed_lipschitz_at(reg, x, theta, radius):
     factor times :math:`\|D_dx\|`; a patch of the reflect-padded :math:`x' - x` has norm at most
     :math:`2\|x' - x\|`), whichever is smaller.  The other columns as in :func:`mixed_lipschitz`.
     """
+    r = check_positive(radius, "radius", allow_zero=True)
     total = _fixed_columns(reg, theta)
     if total is None:
         return None
@@ -150,7 +152,6 @@ def mixed_lipschitz_at(reg, x, theta, radius):
     if not np.all(np.isfinite(d3)):
         return None
     energy = _patch_energy(as_stack(x), s)
-    r = float(radius)
     x_f = math.sqrt(float(energy.sum())) + (2 * s - 1) * r
     x_patch = math.sqrt(float(energy.max())) + 2.0 * r
     # the middle term two ways: sup-norm of the phi'' change times |D_d x|, or its 2-norm times max |D_d x|
