@@ -253,7 +253,7 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     omega = math.nan
     exact = None
     consts = {}
-    if bound:
+    if bound and status != "nan":  # no bound around a non-finite solve: ω stays NaN
         est = estimator
         exact = True
         L_U = float(upper.lipschitz())
