@@ -62,22 +62,19 @@ def positive_float(flag, value, allow_inf=False):
 
 
 def thread_count(text):
-    """argparse ``type=`` for ``--threads N|auto``."""
-    if text == "auto":
-        return "auto"
+    """argparse ``type=`` for ``--threads N|auto``: the package's own rule (``varlearn.set_threads``)."""
+    from .._accel import _parse_threads
+
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
-    return n
+        return _parse_threads(text, "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threads ")) from None
 
 
 def add_threads_argument(parser):
     parser.add_argument("--threads", type=thread_count, default="auto", metavar="N|auto",
-                        help="CPU threads of the numba kernels and of BLAS together (default auto: the cores "
-                             "the 1-minute load average leaves idle, at least one)")
+                        help="CPU threads of the numba kernels and of BLAS together (default auto: the kernels on "
+                             "the cores other processes leave idle, at least one, and BLAS on one)")
 
 
 @contextlib.contextmanager
