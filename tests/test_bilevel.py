@@ -1,5 +1,6 @@
 """minimize_bilevel: MAID, fixed accuracy, HOAG, certified decrease, checkpoints, options."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -211,6 +212,18 @@ def test_lower_level_failure_is_not_a_stationary_point():
     # the certificate did not hold at the first (default) accuracy: it is the solver, not a small z
     row = r.history[0]
     assert row["omega"] > (1 - 1e-4) * row["grad_norm"] and row["eps"] == r.options["eps0"]
+
+
+def test_cg_failure_stops_with_its_own_status():
+    """A CG that cannot meet its tolerance within cg_maxiter while ω does not certify a descent
+    direction stops the run as 'cg_failed' (not success, long before eps reaches its floor)."""
+    prob, U = tv_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vl.ConvergenceWarning)
+        r = vl.minimize_bilevel(prob, U, np.array([-4.5, -4.5]), options={"max_iter": 3, "cg_maxiter": 1})
+    assert r.status == "cg_failed" and not r.success and r.nit == 0
+    row = r.history[0]
+    assert row["omega"] > row["grad_norm"] and row["eps"] > r.options["eps_floor"]
 
 
 @pytest.mark.parametrize("interval,n_saves", [(0.0, 6), (1e9, 2)])
