@@ -90,6 +90,11 @@ def test_potential_bounds(name, nu):
         assert np.abs(P.d3(t, nu)).max() <= P.d3_max(nu) * (1 + 1e-9)
         assert np.abs(P.d3(t, nu)).max() >= 0.99 * P.d3_max(nu)  # and tight
     assert np.abs(P.d2_dnu(t, nu)).max() <= P.d2_dnu_max(nu) * (1 + 1e-9)
+    d1 = np.abs(P.d1(t, nu))
+    assert d1.max() <= P.d1_max(nu) * (1 + 1e-12)  # sup |φ'| (used by the rounding bounds)
+    if math.isfinite(P.d1_max(nu)):
+        assert d1.max() >= 0.99 * P.d1_max(nu)  # and tight
+    assert np.all(d1 <= P.d2_max(nu) * np.abs(t) * (1 + 1e-12))  # |φ'(t)| <= sup φ'' |t| (φ'(0) = 0)
 
 
 # ---------------------------------------------------------------- regularizers
