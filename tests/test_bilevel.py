@@ -226,6 +226,17 @@ def test_cg_failure_stops_with_its_own_status():
     assert row["omega"] > row["grad_norm"] and row["eps"] > r.options["eps_floor"]
 
 
+def test_non_finite_start_stops_with_nan():
+    """θ0 whose weight overflows: the first lower-level solve is non-finite.  This used to shrink ε
+    down to the floor and end as 'accuracy_floor' with a NaN bound called 'estimated constants'."""
+    prob, U = tv_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = vl.minimize_bilevel(prob, U, np.array([700.0, -4.5]), options={"max_iter": 3})
+    assert r.status == "nan" and not r.success and r.nit == 0
+    assert r.history[0]["eps"] == r.options["eps0"]  # stopped at once, no ε shrinking
+
+
 @pytest.mark.parametrize("interval,n_saves", [(0.0, 6), (1e9, 2)])
 def test_checkpoint_interval_limits_the_saves_and_resume_stays_exact(interval, n_saves, tmp_path, monkeypatch):
     """checkpoint_interval: at most one save per interval (the first iteration and the end always)."""

@@ -47,7 +47,7 @@ class BilevelResult(Result):
     norm, ``stationarity_rtol`` 1e-3 by default); a certified but larger bound
     (e.g. a float32 run whose attainable accuracy is poor) is not success.  A run that stopped on a limit
     (``maxiter``, ``budget_exhausted``, ``time_limit``), on a failure
-    (``linesearch_failed``, ``lower_failed``, ``cg_failed``), on
+    (``linesearch_failed``, ``lower_failed``, ``cg_failed``, ``nan``), on
     ``callback_stop`` or on an ``accuracy_floor`` reached with estimated
     constants has ``success`` False; ``status`` says which.
     """
@@ -99,8 +99,9 @@ def _maid_iteration(run, t0, adaptive):
                 break
             if hg.error_bound <= (1.0 - o["eta"]) * hg.grad_norm:
                 break
-            if hg.status in ("lower_failed", "cg_failed"):
-                # a smaller tolerance cannot help a solver that did not meet the current one
+            if hg.status in ("lower_failed", "cg_failed", "nan"):
+                # a smaller tolerance cannot help a solver that did not meet the current one (or
+                # produced non-finite values at the current θ)
                 _record_start(run, hg, t0)
                 raise _Stop(hg.status)
             if hg.status == "precision_limit" or run.eps * o["nu"] < o["eps_floor"]:
@@ -286,6 +287,8 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
       did not meet its tolerance, so a smaller tolerance would not help; or
       (``"lower_failed"``) the line search reached the floor while a trial
       solve of the last attempt missed its tolerance.  Raise the limit;
+    * ``"nan"``: the lower-level solve at the current θ (θ0 in practice: trial
+      points with non-finite solves are rejected) produced non-finite values;
     * ``"maxiter"`` (``max_iter`` outer iterations), ``"budget_exhausted"``
       (lower-level + CG iterations ≥ ``budget``, checked between solves),
       ``"time_limit"``: a limit was reached;
