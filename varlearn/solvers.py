@@ -166,10 +166,7 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
         return (1.0 + 2.0 * u) * (g64 * (1.0 + n_u64) + rho) / mu, rho, g64
 
     def finish(x_out, nit, status, n_bt, cert=None):
-        if cert is None:
-            cert = certify(x_out)
-            nit += 1  # the gradient certify() computed at x_out
-        bound, rho, g64 = cert
+        bound, rho, g64 = certify(x_out) if cert is None else cert
         if status == "success" and not bound <= tol:  # pragma: no cover - guarded by the callers
             status = "maxiter"
         res = Result(
