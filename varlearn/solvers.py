@@ -107,7 +107,9 @@ def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto"
     Returns
     -------
     Result
-        ``x``, ``nit`` (gradient evaluations, the cost unit), ``grad_norm``,
+        ``x``, ``nit`` (gradient evaluations, the cost unit; the one gradient
+        that certifies the returned point on a ``"maxiter"`` or stagnation
+        exit is not counted), ``grad_norm``,
         ``distance_bound``, ``mu``, ``L`` (the final step constant),
         ``n_backtracks``, ``n_hvp`` (power-iteration products), ``status``
         (``"success"``: ``distance_bound <= tol``; ``"maxiter"``;
