@@ -26,6 +26,7 @@ __all__ = [
     "as_float_array",
     "working_dtype",
     "xp_name",
+    "random_normal",
 ]
 
 
@@ -180,3 +181,67 @@ def as_float_array(a, name="array", xp=None, dtype=None, check_finite=True):
         n_bad = int((~xp.isfinite(out)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s)")
     return out
+
+
+def _host_generator(rng, name="rng"):
+    """``rng`` as a :class:`numpy.random.Generator` (a seed is turned into one)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
+        if isinstance(rng, (int, np.integer)) and rng < 0:
+            raise ValueError(f"{name} must be a non-negative seed, got {rng!r}")
+        return np.random.default_rng(rng)
+    raise TypeError(
+        f"{name} must be a seed (int, numpy.random.SeedSequence, None) or a numpy.random.Generator, "
+        f"got {type(rng).__name__}"
+    )
+
+
+def random_normal(xp, shape, dtype, rng=None):
+    """Standard-normal array of ``shape`` and ``dtype``, drawn on the device of ``xp``.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or ``cupy``: the array is created there (no host-to-device copy on CuPy).
+    shape : int or tuple of int
+    dtype : dtype-like
+        A floating dtype (float32 or float64; float16 is drawn in float32 and cast).
+    rng : int, numpy.random.SeedSequence, numpy.random.Generator or None
+        The source of randomness.  A seed is turned into
+        ``numpy.random.default_rng(rng)``; ``None`` is fresh OS entropy (not reproducible).
+        A ``Generator`` is advanced in place, so its state (e.g. saved in a checkpoint)
+        fixes every later draw.
+
+    Returns
+    -------
+    array of ``xp``
+
+    Notes
+    -----
+    Reproducibility rule:
+
+    - NumPy: the result is exactly ``rng.standard_normal(shape).astype(dtype)``
+      (float64 draws rounded to ``dtype``); the generator advances as by that call.
+    - CuPy: the host generator is advanced by exactly one draw,
+      ``s = rng.integers(0, 2**63)``, and the array is
+      ``cupy.random.RandomState(s).standard_normal(shape, dtype)`` computed on the
+      device (float64 or float32 draws; no host array of ``shape`` is made).  For the same
+      generator state the values are reproducible for a given CuPy version, but they differ
+      from the NumPy ones (the device stream is another generator).
+
+    In both cases the host generator's state after the call depends only on its
+    state before it and on the backend, never on the device, so a run resumed from
+    a checkpointed generator state repeats the same draws.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    gen = _host_generator(rng)
+    if xp_name(xp) == "cupy":
+        seed = int(gen.integers(0, 2**63))
+        cp = _cupy()
+        draw_dtype = np.float64 if dtype == np.float64 else np.float32
+        out = cp.random.RandomState(seed).standard_normal(shape, dtype=draw_dtype)
+        return out if out.dtype == dtype else out.astype(dtype)
+    return gen.standard_normal(shape).astype(dtype, copy=False)
