@@ -134,16 +134,36 @@ class DenoisingProblem(LowerProblem):
                 return math.sqrt(float(g2))
         return super().fista_step(x, x_prev, beta, tau, theta, out)
 
+    # -------------------------------------------------- Separable protocol (varlearn.problems.separable)
+    @property
+    def n_samples(self):
+        """Number of images ``N`` (the samples of the :class:`~varlearn.problems.separable.Separable` protocol)."""
+        return int(self.x_shape[0])
+
+    #: h is the plain sum of the per-image objectives h_i (weight 1 each)
+    sample_weight = 1.0
+
+    def subset(self, indices):
+        """The denoising problem of the images ``indices`` (a new problem; only those images are copied).
+
+        ``indices`` are validated by :func:`~varlearn.problems.separable.check_indices`
+        (1-D integers in ``[0, N)``, repeats allowed); the regularizer object is shared.
+        """
+        from .separable import take
+
+        return DenoisingProblem(take(self.noisy, indices, self.n_samples), self.regularizer)
+
 
 class SquaredError(UpperLoss):
-    r"""Mean over images of :math:`\tfrac12\|x_i - c_i\|^2`: :math:`U(x) = \frac{1}{2N}\|x - c\|^2`.
+    r"""Weighted sum over images of :math:`\tfrac12\|x_i - c_i\|^2`: :math:`U(x) = \frac{w}{2}\|x - c\|^2`.
 
-    :math:`L_U = 1/N`; convex.
+    ``weight`` w defaults to 1/N (the mean over the N images); :math:`L_U = w`;
+    convex.  A mini-batch loss carries the batch weight 1/b (:meth:`subset`).
     """
 
     convex = True
 
-    def __init__(self, clean):
+    def __init__(self, clean, weight=None):
         c = as_float_array(clean, name="clean")
         if c.ndim == 2:
             c = c[None]
@@ -151,6 +171,11 @@ class SquaredError(UpperLoss):
             raise ValueError(f"clean must have shape (N, H, W) or (H, W), got shape {tuple(c.shape)}")
         self.clean = c
         self.n_images = c.shape[0]
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                                   or not (0 < weight < math.inf)):
+            raise ValueError(f"weight must be a positive finite number or None, got {weight!r}")
+        # the default divides by N (as before, bit for bit); an explicit weight multiplies
+        self._weight = None if weight is None else float(weight)
 
     def _check(self, x):
         check_array(x, "x", shape=self.clean.shape, finite=False)
@@ -158,13 +183,17 @@ class SquaredError(UpperLoss):
     def value(self, x):
         d = (x - self.clean).ravel()
         xp = self._xp(x)
-        return 0.5 * xp.vdot(d, d) / self.n_images
+        if self._weight is None:
+            return 0.5 * xp.vdot(d, d) / self.n_images
+        return 0.5 * xp.vdot(d, d) * self._weight
 
     def grad(self, x):
-        return (x - self.clean) / self.n_images
+        if self._weight is None:
+            return (x - self.clean) / self.n_images
+        return (x - self.clean) * self._weight
 
     def lipschitz(self):
-        return 1.0 / self.n_images
+        return self.sample_weight
 
     def _xp(self, x):
         from ..backend import get_namespace
@@ -180,3 +209,24 @@ class SquaredError(UpperLoss):
         from ..metrics import mean_psnr
 
         return mean_psnr(x, self.clean, data_range=data_range, clip=True)
+
+    # -------------------------------------------------- Separable protocol (varlearn.problems.separable)
+    @property
+    def n_samples(self):
+        """Number of images ``N``."""
+        return int(self.n_images)
+
+    @property
+    def sample_weight(self):
+        """The weight w of every image's ½‖x_i − c_i‖² (1/N unless given)."""
+        return 1.0 / self.n_images if self._weight is None else self._weight
+
+    def subset(self, indices):
+        """The loss of the images ``indices`` with weight ``1/len(indices)`` (only those images are copied).
+
+        ``SquaredError(clean).subset(range(N))`` equals ``SquaredError(clean)`` bit
+        for bit; repeated indices count repeatedly.
+        """
+        from .separable import take
+
+        return SquaredError(take(self.clean, indices, self.n_samples))
