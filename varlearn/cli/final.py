@@ -73,7 +73,8 @@ def outcome(res):
     success = status in MET_STATUSES and bool(res.success)
     exit_ok = success or status in LIMIT_FLAGS or status == "accuracy_floor"
     if status in LIMIT_FLAGS:
-        limit = {"maxiter": f"{res.options.get('max_iter')} outer iterations",
+        maxiter = res.options.get("maxiter", res.options.get("max_iter"))
+        limit = {"maxiter": f"{maxiter} outer iterations",
                  "budget_exhausted": f"a cost budget of {res.options.get('budget'):g}",
                  "time_limit": f"a time limit of {res.options.get('time_limit'):g} s"}[status]
         lines.append(f"the run stopped on a limit ({status}: {limit}, {LIMIT_FLAGS[status]}) before meeting the "

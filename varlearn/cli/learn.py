@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import bilevel, io
 from .._io import from_json_value
 from ..backend import to_device
 from ..bilevel import CheckpointError, load_checkpoint, minimize_bilevel, resolve_options
-from ..metrics import mean_psnr
 from ..problems import DenoisingProblem, SquaredError
-from . import data, final
+from . import data, final, stochastic
 from . import run as runfolder
 from .common import (
     add_threads_argument,
@@ -24,7 +23,7 @@ from .common import (
     versions,
 )
 from .errors import CliError, Interrupted, note
-from .progress import Progress, compile_notice
+from .progress import Progress, compile_notice, progress_callback
 
 NAME = "learn"
 HELP = "learn TV or Field-of-Experts parameters from image pairs"
@@ -38,13 +37,17 @@ DESCRIPTION = (
 )
 
 DEFAULT_MAX_ITER = 30
-#: first step size of MAID / fixed per model for 96x96 images (MAID adapts it)
+METHODS = ("maid", "hoag", "fixed", "isgd")
+#: the name of the outer-iteration limit among the methods' options (docs/developer.md's naming table)
+MAXITER = "maxiter" if "maxiter" in bilevel.DEFAULTS["maid"] else "max_iter"
+#: first step size of MAID / fixed / ISGD-with-SGD per model for 96x96 images (MAID adapts it)
 DEFAULT_STEP0 = {"tv": 0.05, "foe": 0.005}
 #: ``learn`` options that may be given again with ``--resume`` (they do not change the problem)
-RESUME_OVERRIDES = ("max_iter", "budget", "time_limit", "checkpoint_interval", "backend")
-_OPTION_FLAGS = {"max_iter": "--max-iter", "eps0": "--eps0", "delta0": "--delta0", "step0": "--step0",
+RESUME_OVERRIDES = ("max_iter", "budget", "time_limit", "checkpoint_interval", "backend",
+                    *stochastic.RESUME_OVERRIDES, *stochastic.EXECUTION_FLAGS)
+_OPTION_FLAGS = {MAXITER: "--max-iter", "eps0": "--eps0", "delta0": "--delta0", "step0": "--step0",
                  "budget": "--budget", "time_limit": "--time-limit", "seed": "--seed",
-                 "checkpoint_interval": "--checkpoint-interval"}
+                 "checkpoint_interval": "--checkpoint-interval", **stochastic.ISGD_FLAGS}
 
 
 def add_arguments(lp):
@@ -60,9 +63,13 @@ def add_arguments(lp):
     g.add_argument("--filter-size", type=int, metavar="S", help=f"FoE: odd filter size (default {foe['size']})")
 
     g = lp.add_argument_group("optimisation")
-    g.add_argument("--method", choices=("maid", "hoag", "fixed"), help="upper-level method (default maid)")
-    g.add_argument("--max-iter", type=int, metavar="N", help=f"outer iterations (default {DEFAULT_MAX_ITER})")
-    g.add_argument("--eps0", type=float, metavar="E", help="initial lower-level accuracy (default 0.1; fixed: 1e-4)")
+    g.add_argument("--method", choices=METHODS,
+                   help="upper-level method (default maid; isgd: mini-batches of images, see below)")
+    g.add_argument("--max-iter", type=int, metavar="N",
+                   help=f"outer iterations (default {DEFAULT_MAX_ITER}; isgd: steps, no limit by default)")
+    g.add_argument("--eps0", type=float, metavar="E",
+                   help="initial lower-level accuracy (default 0.1; fixed: 1e-4; isgd: per image, "
+                        "0.01*sqrt(H*W))")
     g.add_argument("--delta0", type=float, metavar="D",
                    help="initial CG residual tolerance (maid/fixed; default 0.1; fixed: 1e-4)")
     g.add_argument("--step0", type=float, metavar="A",
@@ -76,6 +83,7 @@ def add_arguments(lp):
     g.add_argument("--backend", choices=("numpy", "cupy"), help="array backend (default numpy; cupy needs a GPU)")
     g.add_argument("--dtype", choices=("float32", "float64"), help="working precision (default float64)")
     add_threads_argument(g)
+    stochastic.add_arguments(lp)
 
     g = lp.add_argument_group("run folder")
     g.add_argument("--out", metavar="RUN", help="run folder to create (must be new or empty)")
@@ -114,11 +122,22 @@ def _split_model(mc):
 
 
 def _options(args, method, model, seed) -> dict:
-    opts = {"max_iter": DEFAULT_MAX_ITER if args.max_iter is None else args.max_iter, "seed": int(seed)}
-    if opts["max_iter"] < 1:
-        raise CliError(f"--max-iter must be a positive integer, got {opts['max_iter']}")
-    if method in ("maid", "fixed"):
+    opts = {"seed": int(seed)}
+    if method == "isgd":
+        opts.update(stochastic.options(args))
+        limits = (args.max_iter, args.epochs, args.image_budget, args.budget, args.time_limit)
+        if all(v is None for v in limits):
+            opts["max_epochs"] = stochastic.DEFAULT_EPOCHS
+    else:
+        stochastic.refuse(args, method)
+    if args.max_iter is not None or method != "isgd":
+        opts[MAXITER] = DEFAULT_MAX_ITER if args.max_iter is None else args.max_iter
+        if opts[MAXITER] < 1:
+            raise CliError(f"--max-iter must be a positive integer, got {opts[MAXITER]}")
+    if method in ("maid", "fixed") or (method == "isgd" and opts.get("optimizer") != "adam"):
         opts["step0"] = DEFAULT_STEP0[model]  # scaled to the image size by _default_step0 once the data are read
+    elif method == "isgd":
+        opts["step0"] = stochastic.ADAM_STEP0
     if method == "fixed":
         opts["eps0"] = opts["delta0"] = 1e-4
     for name in ("eps0", "delta0", "step0"):
@@ -126,6 +145,9 @@ def _options(args, method, model, seed) -> dict:
         if v is not None:
             if method == "hoag" and name == "delta0":
                 raise CliError("--delta0 does not apply to --method hoag (it uses one tolerance, --eps0)")
+            if method == "isgd" and name == "delta0":
+                raise CliError("--delta0 does not apply to --method isgd (its CG tolerance follows the accuracy "
+                               "schedule: delta_k = eps_k)")
             opts[name] = positive_float(_OPTION_FLAGS[name], v)
     if args.budget is not None:
         opts["budget"] = positive_float("--budget", args.budget, allow_inf=True)
@@ -154,9 +176,17 @@ def _default_step0(model, shape):
     return float(DEFAULT_STEP0[model] * (data.DEFAULT_DATASET_SIZE ** 2) / (h * w))
 
 
+def _validate(method, opts):
+    """The library's own check of the options (``ValueError`` naming the option)."""
+    if method in bilevel.DEFAULTS:
+        resolve_options(method, opts)
+    elif method == "isgd" and hasattr(bilevel, "ISGD"):
+        bilevel.ISGD(**opts)
+
+
 def _check_options(method, opts):
     try:
-        resolve_options(method, opts)
+        _validate(method, opts)
     except ValueError as exc:
         msg = str(exc)
         for name, flag in _OPTION_FLAGS.items():
@@ -178,8 +208,9 @@ def check_image_size(mc, shape, where):
 def _given_learn_options(args):
     names = ("clean", "noisy", "sigma", "dataset", "images", "data_dir", "size", "crop", "bit_depth", "seed", "model",
              "isotropic", "filters", "filter_size", "method", "max_iter", "eps0", "delta0", "step0", "budget",
-             "time_limit", "checkpoint_interval", "backend", "dtype", "out")
-    return [n for n in names if getattr(args, n) is not None]
+             "time_limit", "checkpoint_interval", "backend", "dtype", "out", *stochastic.given(args),
+             *stochastic.EXECUTION_FLAGS)
+    return list(dict.fromkeys(n for n in names if getattr(args, n) is not None))
 
 
 def _resume_config(args):
@@ -191,18 +222,24 @@ def _resume_config(args):
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise CliError(f"--resume: {flags} cannot be changed when resuming (the run's {runfolder.CONFIG_FILE} "
-                       f"fixes them); only --max-iter, --budget, --time-limit, --checkpoint-interval and "
-                       f"--backend may be given")
+                       f"fixes them); only --max-iter, --budget, --time-limit, --checkpoint-interval, --backend "
+                       f"and, for isgd, --epochs, --image-budget, --workers, --scheduler may be given")
     if args.overwrite:
         raise CliError("--resume and --overwrite exclude each other")
     runfolder.remove_stale_temps(run)
+    runfolder.rename_options(cfg, MAXITER)
+    if cfg["method"] != "isgd":
+        stochastic.refuse(args, cfg["method"])
+    else:
+        stochastic.resume_overrides(args, cfg["options"])
+    cfg["execution"] = stochastic.execution(args, cfg.get("execution"))
     for name in ("max_iter", "budget", "time_limit", "checkpoint_interval"):
         v = getattr(args, name)
         if v is not None:
             if name == "max_iter":
                 if v < 1:
                     raise CliError(f"--max-iter must be a positive integer, got {v}")
-                cfg["options"]["max_iter"] = int(v)
+                cfg["options"][MAXITER] = int(v)
             elif name == "checkpoint_interval":
                 cfg["options"][name] = _interval(v)
             else:
@@ -216,12 +253,13 @@ def _new_config(args):
     mc = _model_config(args)
     method = args.method or "maid"
     opts = _options(args, method, mc["model"], data_cfg["seed"])
+    exe = stochastic.execution(args)
     backend = args.backend or "numpy"
     check_backend(backend)
     run = runfolder.check_out(args.out, args.overwrite)
     cfg = {"kind": runfolder.CONFIG_KIND, "format_version": runfolder.FORMAT_VERSION, "data": data_cfg,
-           "model": mc, "method": method, "options": opts, "backend": backend, "dtype": args.dtype or "float64",
-           "theta0": None}
+           "model": mc, "method": method, "options": opts, "execution": exe, "backend": backend,
+           "dtype": args.dtype or "float64", "theta0": None}
     return run, cfg
 
 
@@ -231,6 +269,7 @@ def prepare(args):
     run, cfg = _new_config(args) if new else _resume_config(args)
     backend = args.backend or cfg["backend"]
     check_backend(backend)
+    stochastic.check(cfg.get("execution") or {}, cfg["method"], bilevel.DEFAULTS.get(cfg["method"], {}))
     mc = cfg["model"]
     seed = int(cfg["data"].get("seed", data.DEFAULT_SEED))
     clean, noisy, names = data.load_data(cfg["data"])
@@ -244,9 +283,11 @@ def prepare(args):
     model, config = _split_model(mc)
     reg = io.build_model(model, config, seed=seed)
     if new:
-        if args.step0 is None and "step0" in cfg["options"]:
+        if cfg["method"] == "isgd":
+            stochastic.fit_to_data(cfg["options"], clean.shape[0])
+        if args.step0 is None and "step0" in cfg["options"] and cfg["options"].get("optimizer") != "adam":
             cfg["options"]["step0"] = _default_step0(model, clean.shape)
-            _check_options(cfg["method"], cfg["options"])
+        _check_options(cfg["method"], cfg["options"])
         cfg["theta0"] = io.initial_theta(model, reg, config).tolist()
         cfg["data_loaded"] = {"names": data_desc["names"], "shape": data_desc["shape"]}
         cfg["created"] = runfolder.now()
@@ -299,6 +340,7 @@ def run(args):
 def _optimise(args, s):
     run, cfg = s["run"], s["cfg"]
     opts = cfg["options"]
+    exe = cfg.get("execution") or {}
     history = runfolder.HistoryWriter(run / runfolder.HISTORY_FILE)
     if s["history"]:
         history.write(from_json_value(s["history"]))
@@ -306,13 +348,19 @@ def _optimise(args, s):
     if not args.quiet:
         what = "resuming" if s["resume"] is not None else ("learning" if s["new"] else "restarting")
         shape = s["data_desc"]["shape"]
+        how = (f", batches of {opts['batch_size']}, {stochastic.describe(exe)}" if cfg["method"] == "isgd"
+               else "")
         note(f"{what} {cfg['model']['model']} on {len(s['names'])} images {shape[0]}x{shape[1]} "
-             f"({cfg['data']['source']}), method {cfg['method']}, run folder {run}")
-    bar = Progress(opts["max_iter"], "learn", enabled=not args.quiet, initial=max(start, 0))
+             f"({cfg['data']['source']}), method {cfg['method']}{how}, run folder {run}")
+    total = opts.get(MAXITER)
+    if cfg["method"] == "isgd" and total is None and opts.get("max_epochs"):
+        total = opts["max_epochs"] * stochastic.steps_per_epoch(opts, len(s["names"]))
+    bar = Progress(total, "learn", enabled=not args.quiet, initial=max(start, 0))
     try:
-        with bar, compile_notice(enabled=not args.quiet, progress=bar):
+        with bar, compile_notice(enabled=not args.quiet, progress=bar), stochastic.executor(exe) as ex:
+            call_opts = opts if ex is None else dict(opts, executor=ex)
             return minimize_bilevel(s["problem"], s["upper"], to_device(s["theta0"], s["backend"]), cfg["method"],
-                                    options=opts, callback=_progress_callback(bar, s["upper"], history),
+                                    options=call_opts, callback=progress_callback(bar, s["upper"], history),
                                     checkpoint=s["checkpoint"], resume=s["resume"])
     except KeyboardInterrupt as exc:
         history.write()
@@ -321,26 +369,3 @@ def _optimise(args, s):
         raise Interrupted(f"{kept}; continue with: varlearn learn --resume {run}", exc) from None
     except CheckpointError as exc:
         raise CliError(str(exc)) from exc
-
-
-def _mean_psnr(x, clean):
-    """Mean PSNR per image for the progress line (the convention of the final report: [0, 1], no clipping)."""
-    if x is None:
-        return math.nan
-    try:
-        return mean_psnr(x, clean)
-    except ValueError:  # NaN pixels: the optimiser reports them itself
-        return math.nan
-
-
-def _progress_callback(bar, upper, history):
-    def callback(r):
-        if r.get("history") is not None:
-            history.update(r.history)
-        row = r.row
-        psnr = _mean_psnr(r.get("x"), upper.clean)
-        acc = " (no step)" if row.get("accepted") is False else ""
-        bar.update(r.nit, f"loss {row['fun']:.5g} eps {row['eps']:.2e} PSNR {psnr:.2f} dB "
-                          f"cost {int(row['cost'])}{acc}")
-
-    return callback

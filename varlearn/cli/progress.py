@@ -8,10 +8,12 @@ tqdm still writes its carriage-return updates, at most one every
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 
 from tqdm import tqdm
 
+from ..metrics import mean_psnr
 from .errors import one_line
 
 
@@ -78,3 +80,44 @@ def compile_notice(enabled=True, progress=None):
         yield
     finally:
         remove()
+
+
+def _mean_psnr(x, clean):
+    """Mean PSNR per image for the progress line (the convention of the final report: [0, 1], no clipping)."""
+    if x is None or getattr(x, "shape", None) != getattr(clean, "shape", None):
+        return math.nan  # no iterate, or that of a mini-batch
+    try:
+        return mean_psnr(x, clean)
+    except ValueError:  # NaN pixels: the optimiser reports them itself
+        return math.nan
+
+
+def _num(row, key, spec):
+    v = row.get(key)
+    return "-" if v is None else format(v, spec)
+
+
+def row_text(row, psnr=math.nan):
+    """The text after the bar for one history row: full-batch methods and ISGD (epoch, image-iterations)."""
+    if "epoch" in row:  # ISGD: the loss of the batch, the per-image accuracy, the cost in image-iterations
+        return (f"epoch {row['epoch']} batch loss {_num(row, 'fun_batch', '.5g')} "
+                f"eps/image {_num(row, 'eps_image', '.2e')} step {_num(row, 'step', '.2e')} "
+                f"image-it {int(row.get('image_cost') or 0)}")
+    acc = " (no step)" if row.get("accepted") is False else ""
+    text = f"loss {row['fun']:.5g} eps {row['eps']:.2e} PSNR {psnr:.2f} dB cost {int(row['cost'])}"
+    if row.get("image_cost") is not None:
+        text += f" image-it {int(row['image_cost'])}"
+    return text + acc
+
+
+def progress_callback(bar, upper, history):
+    """``callback(intermediate_result)`` of ``varlearn learn``: history.csv and the bar after every iteration."""
+
+    def callback(r):
+        rows = r.get("history")
+        if rows is not None:
+            history.update(rows)
+        row = r.get("row") or (rows[-1] if rows else {})
+        bar.update(r.nit, row_text(row, _mean_psnr(r.get("x"), upper.clean)))
+
+    return callback

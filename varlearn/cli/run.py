@@ -8,13 +8,15 @@ non-empty folder is refused.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime
+import io
 import json
 import time
 from pathlib import Path
 
-from .._io import dump_json
-from ..bilevel import history_to_csv
+from .._io import atomic_write_text, dump_json
+from ..bilevel import HISTORY_FIELDS, history_to_csv
 from ..io import PARAMS_FILE, read_json
 from .errors import CliError
 
@@ -125,6 +127,34 @@ def load_config(run: Path) -> dict:
     return cfg
 
 
+def rename_options(cfg: dict, maxiter: str):
+    """Rename, in place, the options of a ``config.json`` written before the naming table (``max_iter``)."""
+    opts = cfg.get("options") or {}
+    if maxiter != "max_iter" and "max_iter" in opts:
+        opts.setdefault(maxiter, opts.pop("max_iter"))
+    return cfg
+
+
+def history_csv(rows, path):
+    """Write history rows as CSV, atomically.
+
+    Rows of the full-batch methods have the columns :data:`HISTORY_FIELDS`
+    (:func:`varlearn.bilevel.history_to_csv`); rows with other keys (ISGD's
+    ``epoch``, ``fun_batch``, ``image_cost``...) get every key that occurs, in
+    the order first seen.
+    """
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    if set(keys) <= set(HISTORY_FIELDS):
+        return history_to_csv(rows, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
 class HistoryWriter:
     """Writes ``history.csv`` (atomically) while the run goes.
 
@@ -154,5 +184,5 @@ class HistoryWriter:
             self.rows = rows
         if self.rows is None:
             return
-        history_to_csv(self.rows, self.path)
+        history_csv(self.rows, self.path)
         self._last = time.monotonic()
