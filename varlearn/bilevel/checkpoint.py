@@ -45,7 +45,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text, dumps_json, loads_json, savez_atomic
 
-__all__ = ["save_checkpoint", "load_checkpoint", "validate_bilevel_meta", "CheckpointError",
+__all__ = ["save_checkpoint", "load_checkpoint", "validate_bilevel_meta", "CheckpointError", "data_fingerprint",
            "atomic_write_bytes", "atomic_write_text", "FORMAT_VERSION"]
 
 #: version 2: the metadata is covered by ``__meta_sha256__`` (version 1 checked only the arrays)
@@ -134,9 +134,79 @@ _META_RULES = {
 
 _ROW_COUNTERS = ("iter", "n_lower_iter", "n_cg_iter", "cost")
 
+_SHA256_HEX = (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+               "a SHA-256 hex digest")
+_COUNTER_NAMES = ("image_lower_iter", "image_cg_iter", "n_lower_iter", "n_cg_iter", "eval_cost")
+
+#: metadata of an ISGD run (method "isgd"; written by varlearn.bilevel._isgd_state)
+_ISGD_RULES = {
+    "options": (lambda v: isinstance(v, dict), "a JSON object"),
+    "k": (_nonneg_int, "an integer >= 0"),
+    "epoch": (_nonneg_int, "an integer >= 0"),
+    "pos": (_nonneg_int, "an integer >= 0"),
+    "sampler": (lambda v: isinstance(v, dict) and isinstance(v.get("bit_generator"), dict), "a JSON object "
+                "with the sampler's bit_generator state"),
+    "adam_t": (_nonneg_int, "an integer >= 0"),
+    "schedules": (lambda v: isinstance(v, dict) and set(v) == {"step", "eps"}, "a JSON object with 'step' and 'eps'"),
+    "counters": (lambda v: isinstance(v, dict) and set(v) == set(_COUNTER_NAMES)
+                 and all(_nonneg_int(c) for c in v.values()), f"a JSON object of integers >= 0 {_COUNTER_NAMES}"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of JSON objects"),
+    "evaluations": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of JSON objects"),
+    "fingerprint": _SHA256_HEX,
+    "L_last": (_positive_or_none, "a positive number or null"),
+    "estimator": (lambda v: isinstance(v, dict), "a JSON object"),
+    "elapsed": (_nonneg_finite, "a finite number >= 0"),
+    "warm_saved": (lambda v: isinstance(v, bool), "true or false"),
+    "n_params": (_pos_int, "an integer >= 1"),
+    "x_shape": (_shape, "a list of positive integers"),
+    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+}
+
+
+def _validate_isgd_meta(meta, where, arrays):
+    for name, (ok, what) in _ISGD_RULES.items():
+        if name not in meta:
+            raise CheckpointError(f"{where}: metadata field {name!r} is missing")
+        if not ok(meta[name]):
+            raise CheckpointError(f"{where}: metadata field {name!r} must be {what}, got {meta[name]!r:.80}")
+    k, hist = meta["k"], meta["history"]
+    if len(hist) not in (k, k + 1):  # k steps done; one more row when the last step stopped on 'nan'
+        raise CheckpointError(f"{where}: metadata field 'history' has {len(hist)} rows, expected k = {k}")
+    for i, row in enumerate(hist):
+        if row.get("iter") != i:
+            raise CheckpointError(f"{where}: metadata field 'history[{i}].iter' is {row.get('iter')!r}, expected {i}")
+    if arrays is None:
+        return
+    n_img = meta["x_shape"][0]
+    shapes = {"theta": (meta["n_params"],), "estimator_d": (meta["n_params"],), "adam_m": (meta["n_params"],),
+              "adam_v": (meta["n_params"],)}
+    if "theta" not in arrays:
+        raise CheckpointError(f"{where}: array 'theta' is missing")
+    if ("adam_m" in arrays) != ("adam_v" in arrays) or (meta["adam_t"] > 0) != ("adam_m" in arrays):
+        raise CheckpointError(f"{where}: arrays 'adam_m' and 'adam_v' must be present exactly when adam_t > 0")
+    perm = arrays.get("sampler_perm")
+    if perm is not None and perm.size and perm.shape != (n_img,):
+        raise CheckpointError(f"{where}: array 'sampler_perm' has shape {tuple(perm.shape)}, expected ({n_img},)")
+    if "warm_idx" in arrays:
+        m = arrays["warm_idx"].shape[0]
+        shapes.update({"warm_idx": (m,), "warm_x": (m, *meta["x_shape"][1:]), "warm_q": (m, *meta["x_shape"][1:])})
+        idx = arrays["warm_idx"]
+        if idx.dtype.kind not in "iu" or (m and (idx.min() < 0 or idx.max() >= n_img)):
+            raise CheckpointError(f"{where}: array 'warm_idx' must hold image indices in [0, {n_img})")
+    for name, shape in shapes.items():
+        if name in arrays and tuple(arrays[name].shape) != shape:
+            raise CheckpointError(f"{where}: array {name!r} has shape {tuple(arrays[name].shape)}, "
+                                  f"expected {shape}")
+
 
 def validate_bilevel_meta(meta: dict, path="<checkpoint>", arrays=None):
     """Check the metadata of a bilevel-run checkpoint; raise :class:`CheckpointError` naming the field.
+
+    ISGD runs (``method == "isgd"``) are checked against their own fields
+    (:data:`_ISGD_RULES`: counters, sampler state, history of ``k`` rows with
+    ``iter`` the row number, data fingerprint, and the shapes of ``theta``,
+    ``adam_m``, ``adam_v``, ``sampler_perm`` and the warm starts); the others
+    as follows.
 
     Checks every field of :data:`_META_RULES` (present, of the right type and
     range: counters are integers >= 0, accuracies positive, ...), that the
@@ -146,6 +216,8 @@ def validate_bilevel_meta(meta: dict, path="<checkpoint>", arrays=None):
     ``theta`` has shape ``(n_params,)`` and the warm starts shape ``x_shape``.
     """
     where = f"checkpoint {str(path)!r}"
+    if meta.get("method") == "isgd":
+        return _validate_isgd_meta(meta, where, arrays)
     for name, (ok, what) in _META_RULES.items():
         if name not in meta:
             raise CheckpointError(f"{where}: metadata field {name!r} is missing")
@@ -172,6 +244,36 @@ def validate_bilevel_meta(meta: dict, path="<checkpoint>", arrays=None):
         if name in arrays and tuple(arrays[name].shape) != shape:
             raise CheckpointError(f"{where}: array {name!r} has shape {tuple(arrays[name].shape)}, "
                                   f"expected {shape}")
+
+
+# ---------------------------------------------------------------------- data fingerprint
+def data_fingerprint(problem, upper=None):
+    """SHA-256 hex digest identifying the data of a run (resuming on other data is refused).
+
+    For each of ``problem`` and ``upper``: its own ``fingerprint()`` when it
+    has one (e.g. an image collection: names and sizes); otherwise its type
+    name, ``x_shape`` and the bytes, dtype and shape of its ``noisy`` or
+    ``clean`` image stack.  Device arrays are copied to the host for hashing
+    (one explicit transfer of the data, once per run).
+    """
+    from ..backend import to_numpy
+
+    h = hashlib.sha256()
+    for obj in (problem, upper):
+        if obj is None:
+            continue
+        own = getattr(obj, "fingerprint", None)
+        if callable(own):
+            h.update(f"{type(obj).__name__}:{own()}".encode())
+            continue
+        h.update(f"{type(obj).__name__}:{getattr(obj, 'x_shape', None)}".encode())
+        for name in ("noisy", "clean"):
+            a = getattr(obj, name, None)
+            if a is not None:
+                a = np.ascontiguousarray(to_numpy(a))
+                h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+                h.update(a.tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- save / load
