@@ -30,12 +30,19 @@ def tv_problem(seed=3, n=3, size=16, iso=False):
     return vl.DenoisingProblem(noisy, vl.TotalVariation(isotropic=iso)), vl.SquaredError(clean)
 
 
+def without_time(history):
+    """History rows without the seconds (everything else of a run is deterministic); NaN as a string,
+    so that rows compare equal exactly when every value is the same (NaN == NaN here)."""
+    return [{k: ("nan" if isinstance(v, float) and v != v else v) for k, v in row.items() if k != "wall_time"}
+            for row in history]
+
+
 @pytest.mark.parametrize("eps0", [1e-1, 1e-3, 1e-5])
 def test_maid_reaches_the_closed_form_optimum(eps0):
     prob, U, theta0 = well_conditioned_quadratic()
     theta_star, f_star = prob.optimal_theta(U)
     res = vl.minimize_bilevel(prob, U, theta0, "maid",
-                              options={"eps0": eps0, "delta0": eps0, "nu_inc": 1.25, "max_iter": 400})
+                              options={"eps0": eps0, "delta0": eps0, "nu_inc": 1.25, "maxiter": 400})
     # stops at the attainable accuracy, with a certified bound on the true gradient norm
     assert res.success and res.status == "accuracy_floor", res.message
     exact = np.linalg.norm(prob.exact_hypergradient(res.theta, U))
@@ -50,22 +57,22 @@ def test_maid_reaches_the_closed_form_optimum(eps0):
 def test_fixed_large_accuracy_stalls_and_hoag_runs():
     prob, U, theta0 = well_conditioned_quadratic()
     theta_star, f_star = prob.optimal_theta(U)
-    fixed = vl.minimize_bilevel(prob, U, theta0, "fixed", options={"eps0": 1e-1, "delta0": 1e-1, "max_iter": 400})
+    fixed = vl.minimize_bilevel(prob, U, theta0, "fixed", options={"eps0": 1e-1, "delta0": 1e-1, "maxiter": 400})
     assert np.linalg.norm(fixed.theta - theta_star) > 1e-2
     assert fixed.fun > f_star + 1e-4
-    maid = vl.minimize_bilevel(prob, U, theta0, "maid", options={"eps0": 1e-1, "delta0": 1e-1, "max_iter": 400})
+    maid = vl.minimize_bilevel(prob, U, theta0, "maid", options={"eps0": 1e-1, "delta0": 1e-1, "maxiter": 400})
     assert maid.fun < fixed.fun
     for decay in ("geometric", "quadratic", "cubic"):
-        h = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": decay, "max_iter": 30})
+        h = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": decay, "maxiter": 30})
         assert h.nit == 30 and h.status == "maxiter"
         assert len(h.history) == 31 and np.all(np.isfinite(h.history_column("fun")))
-    geo = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": "geometric", "max_iter": 100})
+    geo = vl.minimize_bilevel(prob, U, theta0, "hoag", options={"decay": "geometric", "maxiter": 100})
     assert geo.fun < geo.history[0]["fun"]
 
 
 def test_every_accepted_maid_step_is_a_certified_decrease():
     prob, U = tv_problem()
-    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"max_iter": 12})
+    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"maxiter": 12})
     assert res.nit == 12
 
     thetas = []
@@ -73,7 +80,7 @@ def test_every_accepted_maid_step_is_a_certified_decrease():
     def record(r):
         thetas.append(np.array(r.theta))
 
-    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"max_iter": 12}, callback=record)
+    res = vl.minimize_bilevel(prob, U, np.array([-5.0, -5.0]), "maid", options={"maxiter": 12}, callback=record)
     f_tight = []
     x = None
     for th in [np.array([-5.0, -5.0])] + thetas:
@@ -102,7 +109,7 @@ def test_certificate_off_steps_are_still_certified_decreases():
     theta0 = reg.init_params()
     thetas = []
     res = vl.minimize_bilevel(prob, U, theta0, "maid", callback=lambda r: thetas.append(np.array(r.theta)),
-                              options={"bound": False, "step0": 0.01, "max_iter": 25})
+                              options={"bound": False, "step0": 0.01, "maxiter": 25})
     assert all(row["omega"] is None or np.isnan(row["omega"]) for row in res.history)
     accepted = [row["accepted"] for row in res.history[1:]]
     assert sum(accepted) >= 10
@@ -121,7 +128,7 @@ def test_certificate_off_steps_are_still_certified_decreases():
 
 def test_history_and_result_fields(tmp_path):
     prob, U = tv_problem()
-    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 3})
+    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"maxiter": 3})
     for key in ("theta", "fun", "nit", "status", "message", "success", "n_lower_iter", "n_cg_iter", "wall_time",
                 "history"):
         assert key in res
@@ -138,16 +145,18 @@ def test_resume_gives_the_same_theta(method, tmp_path):
     prob, U = tv_problem()
     theta0 = np.array([-4.5, -4.5])
     extra = {"eps0": 1e-4, "delta0": 1e-4} if method == "fixed" else {}
-    opts = {"max_iter": 8, **extra}
+    opts = {"maxiter": 8, **extra}
     full = vl.minimize_bilevel(prob, U, theta0, method, options=opts)
     ck = tmp_path / "run.npz"
-    part = vl.minimize_bilevel(prob, U, theta0, method, options={"max_iter": 3, **extra}, checkpoint=ck)
+    part = vl.minimize_bilevel(prob, U, theta0, method, options={"maxiter": 3, **extra}, checkpoint=ck)
     assert part.nit == 3
     rest = vl.minimize_bilevel(prob, U, theta0, method, options=opts, resume=ck)
     assert rest.nit == full.nit
-    np.testing.assert_allclose(rest.theta, full.theta, rtol=0, atol=1e-10)
+    # exact: the same θ and the same history (but the seconds) as the uninterrupted run
+    np.testing.assert_array_equal(rest.theta, full.theta)
     assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
-    assert len(rest.history) == len(full.history)
+    assert without_time(rest.history) == without_time(full.history)
+    assert rest.image_cost == full.image_cost == 3 * (full.n_lower_iter + full.n_cg_iter)
 
 
 def test_callback_stop_and_stop_after_k_equals_maxiter():
@@ -158,8 +167,8 @@ def test_callback_stop_and_stop_after_k_equals_maxiter():
         if r.nit == 2:
             raise StopIteration
 
-    a = vl.minimize_bilevel(prob, U, theta0, callback=stop_at_2, options={"max_iter": 10})
-    b = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2})
+    a = vl.minimize_bilevel(prob, U, theta0, callback=stop_at_2, options={"maxiter": 10})
+    b = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 2})
     assert a.status == "callback_stop" and not a.success
     # a limit reached is not success (SciPy's meaning: the requested accuracy was met)
     assert b.status == "maxiter" and not b.success and np.isnan(b.stationarity_bound)
@@ -183,7 +192,7 @@ def test_a_run_without_accepted_steps_says_so():
     """Every trial step overflows: theta stays theta0, and the result says so (issue 9)."""
     prob, U = tv_problem()
     theta0 = np.array([-4.0, -4.0])
-    r = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 1, "step0": 1e6, "max_backtracks": 2,
+    r = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 1, "step0": 1e6, "max_backtracks": 2,
                                                       "max_attempts": 1})
     assert r.status == "maxiter" and not r.success and r.n_accepted == 0
     assert "no step was accepted in 1 outer iterations" in r.message
@@ -196,7 +205,7 @@ def test_float32_accuracy_floor_is_not_success():
     prob, U = tv_problem()
     p32 = vl.DenoisingProblem(prob.noisy.astype(np.float32), prob.regularizer)
     r = vl.minimize_bilevel(p32, vl.SquaredError(U.clean.astype(np.float32)), np.array([-5.0, -5.0]),
-                            options={"max_iter": 60})
+                            options={"maxiter": 60})
     assert r.status == "accuracy_floor" and not r.success and r.nit < 60
     assert r.stationarity_bound > 1e-3 * r.history[0]["grad_norm"] and "which is not below" in r.message
 
@@ -206,7 +215,7 @@ def test_lower_level_failure_is_not_a_stationary_point():
     lower_maxiter; this used to end as a successful 'accuracy_floor' (stationary point) although
     |grad f| = 0.35 there."""
     prob, U = tv_problem()
-    r = vl.minimize_bilevel(prob, U, np.array([-2.0, -12.0]), options={"max_iter": 3})
+    r = vl.minimize_bilevel(prob, U, np.array([-2.0, -12.0]), options={"maxiter": 3})
     assert r.status == "lower_failed" and not r.success and r.nit == 0
     assert np.isnan(r.stationarity_bound) and len(r.history) == 1
     # the certificate did not hold at the first (default) accuracy: it is the solver, not a small z
@@ -220,7 +229,7 @@ def test_cg_failure_stops_with_its_own_status():
     prob, U = tv_problem()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vl.ConvergenceWarning)
-        r = vl.minimize_bilevel(prob, U, np.array([-4.5, -4.5]), options={"max_iter": 3, "cg_maxiter": 1})
+        r = vl.minimize_bilevel(prob, U, np.array([-4.5, -4.5]), options={"maxiter": 3, "cg_maxiter": 1})
     assert r.status == "cg_failed" and not r.success and r.nit == 0
     row = r.history[0]
     assert row["omega"] > row["grad_norm"] and row["eps"] > r.options["eps_floor"]
@@ -232,7 +241,7 @@ def test_non_finite_start_stops_with_nan():
     prob, U = tv_problem()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = vl.minimize_bilevel(prob, U, np.array([700.0, -4.5]), options={"max_iter": 3})
+        r = vl.minimize_bilevel(prob, U, np.array([700.0, -4.5]), options={"maxiter": 3})
     assert r.status == "nan" and not r.success and r.nit == 0
     assert r.history[0]["eps"] == r.options["eps0"]  # stopped at once, no ε shrinking
 
@@ -240,19 +249,20 @@ def test_non_finite_start_stops_with_nan():
 @pytest.mark.parametrize("interval,n_saves", [(0.0, 6), (1e9, 2)])
 def test_checkpoint_interval_limits_the_saves_and_resume_stays_exact(interval, n_saves, tmp_path, monkeypatch):
     """checkpoint_interval: at most one save per interval (the first iteration and the end always)."""
-    from varlearn.bilevel import _run
+    from varlearn.bilevel import BilevelSolver
 
     prob, U = tv_problem()
     theta0 = np.array([-4.5, -4.5])
-    full = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 7})
+    full = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 7})
     saves = []
-    real_save = _run._Run.save
-    monkeypatch.setattr(_run._Run, "save", lambda self, path: (saves.append(self.k), real_save(self, path)))
+    real_save = BilevelSolver.save
+    monkeypatch.setattr(BilevelSolver, "save", lambda self, state, path: (saves.append(state.k),
+                                                                          real_save(self, state, path)))
     ck = tmp_path / "run.npz"
-    part = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 5, "checkpoint_interval": interval},
+    part = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 5, "checkpoint_interval": interval},
                                checkpoint=ck)
     assert len(saves) == n_saves and saves[0] == 1 and saves[-1] == part.nit == 5
-    rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 7}, resume=ck)
+    rest = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 7}, resume=ck)
     np.testing.assert_array_equal(rest.theta, full.theta)
     assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
 
@@ -261,7 +271,7 @@ def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path):
     prob, U = tv_problem()
     theta0 = np.array([-4.0, -4.0])
     ck = tmp_path / "run.npz"
-    vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2}, checkpoint=ck)
+    vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 2}, checkpoint=ck)
     meta, arrays = load_checkpoint(ck)
     assert meta["k"] == 2 and "theta" in arrays
     data = ck.read_bytes()
@@ -288,7 +298,7 @@ def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path):
 def test_checkpoint_has_no_pickle(tmp_path):
     prob, U = tv_problem()
     ck = tmp_path / "run.npz"
-    vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 1}, checkpoint=ck)
+    vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"maxiter": 1}, checkpoint=ck)
     with np.load(ck, allow_pickle=False) as z:
         meta = json.loads(str(z["__meta__"][()]))
         assert all(z[k].dtype != object for k in z.files)
@@ -303,8 +313,10 @@ def test_checkpoint_has_no_pickle(tmp_path):
     ({"rho": 0.0}, "'rho'"),
     ({"nu": 1.0}, "'nu'"),
     ({"nu_inc": 0.5}, "'nu_inc'"),
-    ({"max_iter": 0}, "'max_iter'"),
-    ({"max_iter": 2.5}, "'max_iter'"),
+    ({"maxiter": 0}, "'maxiter'"),
+    ({"maxiter": 2.5}, "'maxiter'"),
+    ({"image_budget": 0}, "'image_budget'"),
+    ({"max_iter": 5, "maxiter": 5}, "'max_iter' and 'maxiter' are the same option"),
     ({"bound": "yes"}, "'bound'"),
     ({"armijo": 1e-3}, "'armijo'"),
     ({"checkpoint_interval": -1.0}, "'checkpoint_interval'"),
@@ -338,11 +350,11 @@ def test_resume_with_estimated_bounds_gives_the_same_theta(tmp_path):
     U = vl.SquaredError(clean)
     theta0 = reg.init_params()
     est = {"bound_constants": "estimate"}
-    full = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6, **est})
+    full = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 6, **est})
     assert full.history[-1]["omega"] > 0
     ck = tmp_path / "foe.npz"
-    vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 3, **est}, checkpoint=ck)
-    rest = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 6, **est}, resume=ck)
+    vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 3, **est}, checkpoint=ck)
+    rest = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 6, **est}, resume=ck)
     np.testing.assert_allclose(rest.theta, full.theta, rtol=0, atol=1e-10)
     assert rest.n_lower_iter == full.n_lower_iter and rest.n_cg_iter == full.n_cg_iter
 
@@ -351,6 +363,6 @@ def test_resume_with_estimated_bounds_gives_the_same_theta(tmp_path):
 def test_overflowing_trial_steps_are_rejected_not_raised(method):
     """A step so large that exp(theta) overflows is a failed trial (HOAG's first steps can do this)."""
     prob, U = tv_problem()
-    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), method, options={"max_iter": 3, "step0": 1e6})
+    res = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), method, options={"maxiter": 3, "step0": 1e6})
     assert res.nit == 3 and np.all(np.isfinite(res.theta))
     assert res.history[1]["accepted"] is False

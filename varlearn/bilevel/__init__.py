@@ -1,7 +1,14 @@
-"""Upper level: MAID, fixed-accuracy descent and HOAG (:func:`minimize_bilevel`)."""
+"""Upper level: the solver objects MAID, FixedAccuracy, HOAG and their dispatcher :func:`minimize_bilevel`."""
+from .base import BilevelSolver, StopRun
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .minimize import HISTORY_FIELDS, BilevelResult, history_to_csv, minimize_bilevel
-from .options import DEFAULTS, METHODS, resolve_options
+from .fixed import FixedAccuracy
+from .history import HISTORY_FIELDS, BilevelResult, history_to_csv
+from .hoag import HOAG
+from .maid import MAID
+from .minimize import get_method, minimize_bilevel, register_method
+from .options import DEFAULTS, DEPRECATED_OPTIONS, METHODS, resolve_options
+from .state import BilevelState
 
-__all__ = ["minimize_bilevel", "BilevelResult", "HISTORY_FIELDS", "history_to_csv", "CheckpointError",
-           "load_checkpoint", "save_checkpoint", "DEFAULTS", "METHODS", "resolve_options"]
+__all__ = ["minimize_bilevel", "MAID", "FixedAccuracy", "HOAG", "BilevelSolver", "BilevelState", "StopRun",
+           "register_method", "get_method", "BilevelResult", "HISTORY_FIELDS", "history_to_csv", "CheckpointError",
+           "load_checkpoint", "save_checkpoint", "DEFAULTS", "DEPRECATED_OPTIONS", "METHODS", "resolve_options"]

@@ -1,15 +1,22 @@
-"""Options of the bilevel methods: names, defaults (the MAID paper's), and validation."""
+"""Options of the bilevel methods: names, defaults (the MAID paper's), and validation.
+
+The option names follow the naming table of ``docs/developer.md``.  Renamed
+options (:data:`DEPRECATED_OPTIONS`) are still accepted under their old name,
+with a :class:`DeprecationWarning`.
+"""
 from __future__ import annotations
 
 import math
+import warnings
 
-__all__ = ["DEFAULTS", "resolve_options", "METHODS"]
+__all__ = ["DEFAULTS", "resolve_options", "METHODS", "DEPRECATED_OPTIONS", "rename_options"]
 
 METHODS = ("maid", "fixed", "hoag")
 
 _COMMON = {
-    "max_iter": 1000,          # outer iterations
-    "budget": math.inf,        # total lower-level + CG iterations
+    "maxiter": 1000,           # outer iterations
+    "budget": math.inf,        # total lower-level + CG iterations (stacked units: cost)
+    "image_budget": math.inf,  # total image-iterations (image_cost; separable problems only)
     "time_limit": math.inf,    # seconds of wall time
     "gtol": 0.0,               # stop when ||z|| <= gtol
     "lower_maxiter": 2000,     # per lower-level solve
@@ -57,23 +64,48 @@ DEFAULTS = {
 _POSITIVE = {"eps0", "delta0", "step0", "armijo", "eps_floor", "eps_min", "hoag_C", "theta_clip"}
 _UNIT = {"rho", "nu", "eta", "decay_rate", "stationarity_rtol"}
 _GE1 = {"rho_inc", "nu_inc"}
-_POS_INT = {"max_iter", "lower_maxiter", "cg_maxiter", "checkpoint_every", "max_backtracks", "max_attempts"}
+#: old option name -> new name (the old name still works, with a DeprecationWarning)
+DEPRECATED_OPTIONS = {"max_iter": "maxiter"}
+
+_POS_INT = {"maxiter", "lower_maxiter", "cg_maxiter", "checkpoint_every", "max_backtracks", "max_attempts"}
 
 
 def _bad(name, value, why):
     return ValueError(f"option {name!r} {why}, got {value!r}")
 
 
-def resolve_options(method, options):
+def rename_options(options, *, warn=True, stacklevel=3):
+    """``options`` with every deprecated name of :data:`DEPRECATED_OPTIONS` replaced by its new name.
+
+    With ``warn`` a :class:`DeprecationWarning` names the old and the new
+    option (``warn=False`` is for options read back from old checkpoints).
+    Giving both names raises ``ValueError``.
+    """
+    out = dict(options or {})
+    for old, new in DEPRECATED_OPTIONS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"options {old!r} and {new!r} are the same option ({old!r} is its deprecated "
+                             f"name); give only {new!r}, got {old}={out[old]!r}, {new}={out[new]!r}")
+        if warn:
+            warnings.warn(f"option {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+        out[new] = out.pop(old)
+    return out
+
+
+def resolve_options(method, options, *, stacklevel=3):
     """Merge ``options`` into the defaults of ``method`` and validate every value.
 
     Unknown option names, values of the wrong type or out of range raise
-    ``ValueError`` naming the option and the value.
+    ``ValueError`` naming the option and the value.  Deprecated names
+    (:data:`DEPRECATED_OPTIONS`) are renamed with a :class:`DeprecationWarning`
+    (``stacklevel`` as for :func:`warnings.warn`, counted from the caller).
     """
     if method not in DEFAULTS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     opts = dict(DEFAULTS[method])
-    for k, v in (options or {}).items():
+    for k, v in rename_options(options, stacklevel=stacklevel + 1).items():
         if k not in opts:
             raise ValueError(f"unknown option {k!r} for method {method!r}; known options: {sorted(opts)}")
         opts[k] = v
@@ -99,7 +131,7 @@ def resolve_options(method, options):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
                 raise _bad(k, v, "must be a finite number of seconds >= 0")
             opts[k] = float(v)
-        elif k in ("budget", "time_limit"):
+        elif k in ("budget", "image_budget", "time_limit"):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise _bad(k, v, "must be a positive number (inf for no limit)")
             opts[k] = float(v)
