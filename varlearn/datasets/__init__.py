@@ -68,6 +68,7 @@ from ._download import (
 )
 from ._registry import REGISTRY_FILE, checksums, registry
 from .builtin import BUILTIN_NAMES, builtin_images
+from .collection import ImageCollection, image_noise
 from .folders import load_images, load_pairs
 from .idx import read_idx
 from .images import IMAGE_EXTENSIONS, load_image
@@ -110,6 +111,8 @@ __all__ = [
     "kodak",
     "mnist",
     "fashion_mnist",
+    "ImageCollection",
+    "image_noise",
 ]
 
 
