@@ -119,7 +119,7 @@ class ISGDState:
     ``n_cg_iter``, ``eval_cost``, and ``sampler``, ``adam_m``, ``adam_v``,
     ``adam_t``, ``warm`` (the warm-start store), ``estimator``, ``L_last``,
     ``elapsed``, ``fingerprint``, ``x`` (the last batch's lower-level iterate),
-    ``batch`` (its indices).
+    ``batch`` (its indices), ``grad`` (its hypergradient z).
     """
 
     def __init__(self, problem, upper, theta, opts, sampler, warm_capacity):
@@ -138,7 +138,7 @@ class ISGDState:
         self.elapsed = 0.0
         self._t0 = time.perf_counter()
         self.fingerprint = None
-        self.x = self.batch = None
+        self.x = self.batch = self.grad = None
 
     @property
     def epoch(self):
@@ -253,7 +253,7 @@ class ISGD:
             setattr(state, key, getattr(state, key) + counts[key])
         z = bh.grad
         gnorm = _norm(z)
-        state.x, state.batch = bh.x, idx
+        state.x, state.batch, state.grad = bh.x, idx, z
         theta_new = None
         if math.isfinite(gnorm) and bh.status != "nan":
             theta_new = state.theta - alpha * self._direction(state, z)
