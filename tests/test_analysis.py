@@ -95,27 +95,27 @@ def test_guarded_minimize_records_a_failing_run(caplog):
         if r.nit == 3:
             raise OverflowError("math range error")
 
-    res, err = guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, callback=explode)
+    res, err = guarded_minimize(problem, upper, theta0, "maid", {"maxiter": 10}, callback=explode)
     assert isinstance(res, FailedRun) and err == "OverflowError: math range error (after 3 outer iterations)"
     assert res["status"] == "error" and res["nit"] == 3 and not res["success"]
     s = summarize_run(res, "boom", extra={"error": err})
     assert s["status"] == "error" and len(s["history"]["cost"]) == 3 and s["cost"] > 0 and s["error"] == err
     lines = []
-    res, err = guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 10}, progress=lines.append,
+    res, err = guarded_minimize(problem, upper, theta0, "maid", {"maxiter": 10}, progress=lines.append,
                                 progress_every=0.0)
     assert err is None and res["status"] == "maxiter"
     assert len(lines) == 10 and "cost" in lines[-1] and "iteration 10," in lines[-1]
     with caplog.at_level(logging.INFO, logger="varlearn"):
-        guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 2}, progress_every=0.0)
+        guarded_minimize(problem, upper, theta0, "maid", {"maxiter": 2}, progress_every=0.0)
     assert sum("... maid: iteration" in r.getMessage() for r in caplog.records) == 2   # default: logged
     lines.clear()
-    guarded_minimize(problem, upper, theta0, "maid", {"max_iter": 3}, progress=lines.append, progress_every=None)
+    guarded_minimize(problem, upper, theta0, "maid", {"maxiter": 3}, progress=lines.append, progress_every=None)
     assert lines == []
 
 
 def test_summarize_run_of_a_real_run():
     problem, upper, theta0 = _quadratic()
-    res = vl.minimize_bilevel(problem, upper, theta0, "maid", options={"max_iter": 15})
+    res = vl.minimize_bilevel(problem, upper, theta0, "maid", options={"maxiter": 15})
     s = summarize_run(res, "MAID", extra={"note": 1})
     assert s["nit"] == 15 and s["cost"] == res.n_lower_iter + res.n_cg_iter and s["note"] == 1
     assert s["history"]["fun"] == [r["fun"] for r in res.history] and len(s["history"]["iter"]) == 16
@@ -124,7 +124,7 @@ def test_summarize_run_of_a_real_run():
     np.testing.assert_array_equal(s["theta"], res.theta)
     assert "theta" not in summarize_run(res, "x", theta_limit=2) and \
         summarize_run(res, "x", theta_limit=2)["theta_summary"]["size"] == 4
-    assert summarize_run(vl.minimize_bilevel(problem, upper, theta0, "hoag", options={"max_iter": 3}),
+    assert summarize_run(vl.minimize_bilevel(problem, upper, theta0, "hoag", options={"maxiter": 3}),
                          "h")["certified_decrease"] is None
 
 

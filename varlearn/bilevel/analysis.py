@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_numpy
-from .minimize import minimize_bilevel
-from .options import resolve_options
+from .history import upgrade_row
+from .minimize import get_method, minimize_bilevel
+from .options import rename_options
 
 logger = logging.getLogger("varlearn")
 
@@ -132,8 +133,8 @@ def value_at_cost(history, cost, key="fun"):
 
 
 #: the history columns :func:`summarize_run` keeps
-SUMMARY_COLUMNS = ("iter", "cost", "fun", "fun_lower", "fun_upper", "eps", "delta", "step", "accepted",
-                   "grad_norm", "omega", "time")
+SUMMARY_COLUMNS = ("iter", "cost", "image_cost", "fun", "fun_lower", "fun_upper", "eps", "delta", "step",
+                   "accepted", "grad_norm", "omega", "bound_exact", "wall_time")
 
 
 def summarize_run(res, label, *, theta_limit=20, extra=None):
@@ -141,7 +142,8 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
 
     Returns a dict: ``label``, ``method``, ``status``, ``message``,
     ``success``, ``nit``, ``fun``, ``fun_bounds``, ``cost`` (lower-level + CG
-    iterations), ``n_lower_iter``, ``n_cg_iter``, ``wall_time``,
+    iterations), ``n_lower_iter``, ``n_cg_iter``, ``image_cost`` (NaN for a
+    non-separable problem), ``wall_time``,
     ``n_accepted``, the ε statistics (``eps_first``, ``eps_final``,
     ``eps_min``, ``eps_max``, ``eps_monotone``), ``fun_increases``,
     ``certified_decrease`` (:func:`certified_decrease`; ``None`` for HOAG,
@@ -149,7 +151,7 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
     :data:`SUMMARY_COLUMNS`), and ``theta`` (at most ``theta_limit`` values)
     or ``theta_summary``; ``extra`` is merged in last.
     """
-    h = res["history"]
+    h = [upgrade_row(row) for row in res["history"]]  # rows of older runs read with the current names
     theta = to_numpy(res["theta"])
     if res["method"] == "hoag":
         cert = None
@@ -162,7 +164,7 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
         "success": bool(res.get("success", False)), "nit": res["nit"],
         "fun": res["fun"], "fun_bounds": list(res["fun_bounds"]),
         "cost": res["n_lower_iter"] + res["n_cg_iter"], "n_lower_iter": res["n_lower_iter"],
-        "n_cg_iter": res["n_cg_iter"], "wall_time": res["wall_time"],
+        "n_cg_iter": res["n_cg_iter"], "image_cost": res.get("image_cost", math.nan), "wall_time": res["wall_time"],
         "n_accepted": int(sum(1 for row in h[1:] if row["accepted"])),
         "eps_first": eps[0] if eps else None, "eps_final": eps[-1] if eps else None,
         "eps_min": min(eps) if eps else None, "eps_max": max(eps) if eps else None,
@@ -314,8 +316,9 @@ class FailedRun(dict):
             theta=theta, fun=last.get("fun", math.nan),
             fun_bounds=(last.get("fun_lower", math.nan), last.get("fun_upper", math.nan)),
             x=None, nit=len(rows), status="error", message=error, success=False,
-            n_lower_iter=last.get("n_lower_iter", 0), n_cg_iter=last.get("n_cg_iter", 0), wall_time=wall_time,
-            history=rows, method=method, options=resolve_options(method, options))
+            n_lower_iter=last.get("n_lower_iter", 0), n_cg_iter=last.get("n_cg_iter", 0),
+            image_cost=last.get("image_cost", math.nan), wall_time=wall_time, history=rows, method=method,
+            options=get_method(method).resolve_options(rename_options(options, warn=False)))
 
 
 def _fmt(v, spec):
