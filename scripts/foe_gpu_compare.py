@@ -57,7 +57,7 @@ def main(argv=None):
                "machine": E.machine_info(args.backend)}
     curves = []
     for spec in args.methods:
-        opts = {"budget": args.budget, "time_limit": args.time_limit, "max_iter": 100000, "eps0": 1e-1}
+        opts = {"budget": args.budget, "time_limit": args.time_limit, "maxiter": 100000, "eps0": 1e-1}
         if spec.method != "hoag":
             opts.update(delta0=1e-1, step0=0.01 * (9216 / size ** 2))
         opts.update(spec.options)

@@ -55,7 +55,7 @@ DESCENT = {"step0": 0.01, "rho": 0.5}
 
 def method_options(spec, args, budget, max_iter):
     """minimize_bilevel options and label of one method of the comparison."""
-    opts = {"budget": budget, "max_iter": max_iter, **spec.options}
+    opts = {"budget": budget, "maxiter": max_iter, **spec.options}
     if spec.method == "maid":
         opts = {"eps0": args.eps0, "delta0": args.eps0, **DESCENT, "nu": 0.5, "nu_inc": 1.05, **opts}
         return opts, spec.label + f" ε0=δ0={opts['eps0']:g}" * ("eps0" not in spec.options)
@@ -171,7 +171,7 @@ def main(argv=None):
         tv_prob = vl.DenoisingProblem(to_device(noisy_tr, xp), vl.TotalVariation(isotropic=False))
         res = vl.minimize_bilevel(tv_prob, upper, to_device(np.array([-5.0, -5.0]), xp), "maid",
                                   options={"eps0": 0.1, "delta0": 0.1, **DESCENT, "nu": 0.5, "budget": budget,
-                                           "max_iter": max_iter})
+                                           "maxiter": max_iter})
         ev_tr, ev_te = evaluate(res, tv_prob, res.x)
         tv = A.summarize_run(res, "learned TV (MAID)", extra={"train_eval": ev_tr, "heldout_eval": ev_te})
         thetas["tv"] = to_numpy(res.theta)

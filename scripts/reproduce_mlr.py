@@ -97,7 +97,7 @@ def run_all(args, problem, upper, test, train_loss, theta0, step0, budget, max_i
     runs = []
     for spec in args.methods:
         opts, label = method_options(spec, args, step0)
-        opts.update(budget=budget, max_iter=max_iter, seed=args.seed, lower_maxiter=lower_maxiter)
+        opts.update(budget=budget, maxiter=max_iter, seed=args.seed, lower_maxiter=lower_maxiter)
         acc_val, acc_test = [], []
 
         def callback(r, acc_val=acc_val, acc_test=acc_test):

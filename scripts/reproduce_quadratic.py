@@ -84,7 +84,7 @@ def exact_gradient_descent(problem, upper, theta0, L_f, n_iter, theta_star, f_st
 def run_one(problem, upper, theta0, method, eps, max_iter, theta_star, f_star, check_every):
     """One MAID or fixed run with per-iteration exact f and ‖θ − θ*‖, and error-bound checks."""
     spec = A.parse_method(f"{method}:{eps!r}")
-    opts = dict(MAID_OPTIONS if method == "maid" else FIXED_OPTIONS, **spec.options, max_iter=max_iter)
+    opts = dict(MAID_OPTIONS if method == "maid" else FIXED_OPTIONS, **spec.options, maxiter=max_iter)
     exact_f, dist, bound_checks = [], [], []
 
     def record(theta, x, row):

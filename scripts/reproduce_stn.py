@@ -157,7 +157,7 @@ def variational_baselines(clean_tr, sigma, test_clean, test_noisy, args):
     reg = vl.TotalVariation(isotropic=True)
     step0 = 0.05 * 96 * 96 / clean_tr[0].size  # the step of `varlearn learn` (scaled to the image size)
     res = vl.minimize_bilevel(vl.DenoisingProblem(noisy_tr, reg), vl.SquaredError(clean_tr), np.array([-5.0, -5.0]),
-                              "maid", options={"budget": args.tv_budget, "max_iter": 200, "eps0": 0.1,
+                              "maid", options={"budget": args.tv_budget, "maxiter": 200, "eps0": 0.1,
                                                "delta0": 0.1, "step0": step0, "rho": 0.5})
     te = evaluate_theta(vl.DenoisingProblem(test_noisy, reg), vl.SquaredError(test_clean), np.asarray(res.theta),
                         1e-3)

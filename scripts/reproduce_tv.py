@@ -70,7 +70,7 @@ def grid_search(solver, quick):
 
 
 def run_one(problem, upper, xp, spec, budget, max_iter, solver_eval, f_star):
-    opts = dict(COMMON_OPTIONS, **spec.options, max_iter=max_iter, budget=budget)
+    opts = dict(COMMON_OPTIONS, **spec.options, maxiter=max_iter, budget=budget)
     if spec.method == "maid":
         opts.update(MAID_OPTIONS)
     path = [list(THETA0)]
@@ -89,7 +89,7 @@ def run_one(problem, upper, xp, spec, budget, max_iter, solver_eval, f_star):
         for pct in (0.5, 0.1):
             target = f_star * (1 + pct / 100)
             s[f"cost_to_{pct}pct"] = A.first_cost_below(res.history, target)
-            s[f"time_to_{pct}pct"] = next((row["time"] for row in res.history
+            s[f"time_to_{pct}pct"] = next((row["wall_time"] for row in res.history
                                            if row["fun"] is not None and row["fun"] <= target), None)
     return s
 

@@ -86,7 +86,9 @@ def plot_loss(history, path, title="Upper-level loss"):
     The shaded band shows the certified lower and upper bounds of the loss.
     """
     cost = _column(history, "cost")
-    t = _column(history, "time")
+    t = _column(history, "wall_time")
+    if not np.isfinite(t).any():  # histories written before the rename of time to wall_time
+        t = _column(history, "time")
     fun = _column(history, "fun")
     lo = _column(history, "fun_lower")
     hi = _column(history, "fun_upper")
