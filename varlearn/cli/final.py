@@ -38,7 +38,8 @@ FINAL_MAXITER = 20000
 #: statuses that can mean "the requested accuracy was met" (when ``result.success`` says so)
 MET_STATUSES = ("gradient_tol", "accuracy_floor")
 #: statuses that mean "a limit the user set stopped the run", with the flag that sets it
-LIMIT_FLAGS = {"maxiter": "--max-iter", "budget_exhausted": "--budget", "time_limit": "--time-limit"}
+LIMIT_FLAGS = {"maxiter": "--max-iter", "budget_exhausted": "--budget", "time_limit": "--time-limit",
+               "max_epochs": "--epochs"}
 #: how the PSNRs are computed (written to params.json and said in the summary)
 PSNR_CONVENTION = ("PSNR = 10 log10(1 / MSE) per image (varlearn.metrics.psnr_per_image), images in [0, 1], "
                    "no clipping: the noisy and denoised values are compared as computed, values outside [0, 1] "
@@ -66,6 +67,33 @@ def n_accepted(history):
     return sum(1 for row in history[1:] if row.get("accepted") in (True, "True"))
 
 
+def steps_taken(res):
+    """Steps that moved θ: accepted steps of the full-batch methods, every step of ISGD (no line search)."""
+    return int(res.nit) if res.get("method") == "isgd" else n_accepted(res.history)
+
+
+def _budget_limit(options):
+    """What the ``budget_exhausted`` status refers to: ``(text, flag)`` of the finite budget(s)."""
+    parts = []
+    if math.isfinite(options.get("budget", math.inf)):
+        parts.append((f"a cost budget of {options['budget']:g}", "--budget"))
+    if math.isfinite(options.get("image_budget", math.inf)):
+        parts.append((f"an image budget of {options['image_budget']:g} image-iterations", "--image-budget"))
+    parts = parts or [("a cost budget", "--budget")]
+    return " / ".join(t for t, _ in parts), "/".join(f for _, f in parts)
+
+
+def json_options(options):
+    """The options as written to ``params.json``: objects that are not JSON (an executor, a callable) by name."""
+    out = {}
+    for k, v in options.items():
+        if v is None or isinstance(v, (bool, int, float, str, list, tuple)):
+            out[k] = list(v) if isinstance(v, tuple) else v
+        else:
+            out[k] = type(v).__name__
+    return out
+
+
 def outcome(res):
     """``(success, exit_ok, warnings)`` of a :class:`~varlearn.bilevel.BilevelResult` (see the module notes)."""
     status = res.status
@@ -73,18 +101,24 @@ def outcome(res):
     success = status in MET_STATUSES and bool(res.success)
     exit_ok = success or status in LIMIT_FLAGS or status == "accuracy_floor"
     if status in LIMIT_FLAGS:
-        maxiter = res.options.get("maxiter", res.options.get("max_iter"))
-        limit = {"maxiter": f"{maxiter} outer iterations",
-                 "budget_exhausted": f"a cost budget of {res.options.get('budget'):g}",
-                 "time_limit": f"a time limit of {res.options.get('time_limit'):g} s"}[status]
-        lines.append(f"the run stopped on a limit ({status}: {limit}, {LIMIT_FLAGS[status]}) before meeting the "
-                     f"requested accuracy; the result may not be converged (look at the loss in history.csv or "
-                     f"figures/loss.png, or continue with --resume and a larger {LIMIT_FLAGS[status]})")
+        o = res.options
+        maxiter = o.get("maxiter", o.get("max_iter"))
+        flag = LIMIT_FLAGS[status]
+        if status == "budget_exhausted":
+            limit, flag = _budget_limit(o)
+        else:
+            limit = {"maxiter": f"{maxiter} outer iterations", "max_epochs": f"{o.get('max_epochs')} epochs",
+                     "time_limit": f"a time limit of {o.get('time_limit'):g} s"}[status]
+        what = ("ISGD has no stopping test of its own, so every run ends on a limit"
+                if res.get("method") == "isgd" else "before meeting the requested accuracy")
+        lines.append(f"the run stopped on a limit ({status}: {limit}, {flag}) {what}; the result may not be "
+                     f"converged (look at the loss in history.csv or figures/loss.png, or continue with --resume "
+                     f"and a larger {flag})")
     elif status == "accuracy_floor" and not success:
         lines.append("the run stopped at the accuracy floor (accuracy_floor): no accuracy above the floor certified a "
                      "descent direction, so θ is stationary only to the attainable accuracy (with --dtype float32 "
                      "this can happen early: try float64)")
-    if n_accepted(res.history) == 0:
+    if steps_taken(res) == 0:
         lines.append(f"no step was accepted in {res.nit} outer iteration(s): the learned θ equals θ0 (try another "
                      f"--step0, or more iterations)")
     return success, exit_ok, lines
@@ -97,12 +131,23 @@ def _summary(model, params):
             f"{params['size']}x{params['size']}")
 
 
-def _write_figures(run, model, history, names, clean, noisy, x0, x1, psnr, params):
+def _plot_rows(history, method):
+    """History rows as the figures read them; ISGD: the batch loss against image-iterations, per-image ε."""
+    if method != "isgd":
+        return history
+    return [{"iter": r["iter"], "cost": r.get("image_cost"), "time": r.get("wall_time", r.get("time")),
+             "fun": r.get("fun_batch"), "fun_lower": math.nan, "fun_upper": math.nan, "eps": r.get("eps_image"),
+             "delta": r.get("delta"), "step": r.get("step"), "accepted": True} for r in history]
+
+
+def _write_figures(run, model, method, history, names, clean, noisy, x0, x1, psnr, params):
     from .. import plotting
 
     figs = run / runfolder.FIGURES_DIR
     figs.mkdir(exist_ok=True)
-    written = [plotting.plot_loss(history, figs / "loss.png"),
+    title = "Mini-batch loss against image-iterations (ISGD)" if method == "isgd" else "Upper-level loss"
+    history = _plot_rows(history, method)
+    written = [plotting.plot_loss(history, figs / "loss.png", title=title),
                plotting.plot_accuracy(history, figs / "accuracy.png"),
                plotting.plot_steps(history, figs / "steps.png"),
                plotting.plot_psnr(names, {"noisy": psnr["noisy"], "initial θ": psnr["initial"],
@@ -113,6 +158,17 @@ def _write_figures(run, model, history, names, clean, noisy, x0, x1, psnr, param
                                              weights=np.asarray(params["weights"]) * params["global_weight"],
                                              smoothings=params["smoothings"]))
     return [str(Path(p).relative_to(run)) for p in written]
+
+
+def _loss_entries(res, clean, x1):
+    """``fun`` and ``fun_bounds`` for params.json; ISGD: the full training loss at the final tight solve."""
+    if res.get("method") != "isgd":
+        return {"fun": res.fun, "fun_bounds": list(res.fun_bounds)}
+    fun = float(0.5 * np.mean(np.sum((x1 - clean) ** 2, axis=(-2, -1))))
+    return {"fun": fun, "fun_bounds": [math.nan, math.nan], "fun_batch": res.get("fun_batch"),
+            "epoch": res.get("epoch"), "image_cost": res.get("image_cost"),
+            "fun_note": "fun: the training loss (mean over images of 1/2 ||x - clean||^2) at the final solve to "
+                        "the PSNR tolerance; fun_batch: the last mini-batch's loss"}
 
 
 def _thread_policy(backend):
@@ -140,18 +196,19 @@ def finish(s, res, threads, quiet=False, figures=True):
     fig_error, written = None, []
     try:
         if figures:
-            written = _write_figures(run, model, res.history, s["names"], s["clean"], s["noisy"], x0, x1, psnr,
-                                     params)
+            written = _write_figures(run, model, cfg["method"], res.history, s["names"], s["clean"], s["noisy"],
+                                     x0, x1, psnr, params)
     except Exception as exc:  # noqa: BLE001  (figures are secondary: keep the results, report at the end)
         fig_error = f"{type(exc).__name__}: {exc}"
     success, exit_ok, stop_warnings = outcome(res)
     means = {k: float(np.mean(v)) for k, v in psnr.items()}
     io.save_params(
         run / io.PARAMS_FILE, model, config, theta, regularizer=s["reg"],
-        theta0=[float(v) for v in s["theta0"]], data=s["data_desc"], method=cfg["method"], options=res.options,
+        theta0=[float(v) for v in s["theta0"]], data=s["data_desc"], method=cfg["method"],
+        options=json_options(res.options),
         status=res.status, message=res.message, success=success, warnings=stop_warnings,
-        steps_accepted=n_accepted(res.history),
-        fun=res.fun, fun_bounds=list(res.fun_bounds), nit=int(res.nit), n_lower_iter=int(res.n_lower_iter),
+        steps_accepted=steps_taken(res), **_loss_entries(res, s["clean"], x1),
+        nit=int(res.nit), n_lower_iter=int(res.n_lower_iter),
         n_cg_iter=int(res.n_cg_iter), wall_time=res.wall_time,
         psnr={"convention": PSNR_CONVENTION, "noisy_mean": means["noisy"], "initial_mean": means["initial"],
               "learned_mean": means["learned"],

@@ -128,8 +128,13 @@ def _options(args, method, model, seed) -> dict:
         limits = (args.max_iter, args.epochs, args.image_budget, args.budget, args.time_limit)
         if all(v is None for v in limits):
             opts["max_epochs"] = stochastic.DEFAULT_EPOCHS
+        if args.checkpoint_interval is not None:
+            raise CliError("--checkpoint-interval does not apply to --method isgd (it saves checkpoint.npz every "
+                           "10 steps and at the end)")
     else:
-        stochastic.refuse(args, method)
+        stochastic.refuse(args, method, bilevel.DEFAULTS[method])
+        if args.image_budget is not None:
+            opts["image_budget"] = stochastic.image_budget(args)
     if args.max_iter is not None or method != "isgd":
         opts[MAXITER] = DEFAULT_MAX_ITER if args.max_iter is None else args.max_iter
         if opts[MAXITER] < 1:
@@ -229,9 +234,10 @@ def _resume_config(args):
     runfolder.remove_stale_temps(run)
     runfolder.rename_options(cfg, MAXITER)
     if cfg["method"] != "isgd":
-        stochastic.refuse(args, cfg["method"])
-    else:
-        stochastic.resume_overrides(args, cfg["options"])
+        stochastic.refuse(args, cfg["method"], bilevel.DEFAULTS.get(cfg["method"], {}))
+    elif args.checkpoint_interval is not None:
+        raise CliError("--checkpoint-interval does not apply to --method isgd")
+    stochastic.resume_overrides(args, cfg["options"])
     cfg["execution"] = stochastic.execution(args, cfg.get("execution"))
     for name in ("max_iter", "budget", "time_limit", "checkpoint_interval"):
         v = getattr(args, name)

@@ -80,9 +80,13 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def refuse(args, method):
-    """:class:`CliError` when isgd-only flags are given with another method."""
-    names = given(args)
+def refuse(args, method, method_options=()):
+    """:class:`CliError` when isgd-only flags are given with another method.
+
+    ``--image-budget`` is accepted by every method whose options
+    (``method_options``) have ``image_budget``.
+    """
+    names = [n for n in given(args) if not (n == "image_budget" and "image_budget" in method_options)]
     if names:
         flags = ", ".join(flag(n) for n in names)
         verb = "applies" if len(names) == 1 else "apply"
@@ -118,6 +122,13 @@ def options(args):
     if args.image_budget is not None:
         opts["image_budget"] = positive_float("--image-budget", args.image_budget, allow_inf=True)
     return opts
+
+
+def image_budget(args):
+    """``--image-budget`` checked, or None."""
+    if args.image_budget is None:
+        return None
+    return positive_float("--image-budget", args.image_budget, allow_inf=True)
 
 
 def resume_overrides(args, opts):
