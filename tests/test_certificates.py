@@ -200,7 +200,7 @@ def test_maid_with_huber_uses_the_estimated_bound_not_infinity():
     prob, U = vl.DenoisingProblem(clean + 0.1 * rng.randn(1, 10, 10), reg), vl.SquaredError(clean)
     hg = hypergradient(prob, U, reg.init_params(), 1e-4, 1e-4)
     assert hg.bound_exact is False and math.isfinite(hg.error_bound)
-    res = vl.minimize_bilevel(prob, U, reg.init_params(), options={"max_iter": 6})
+    res = vl.minimize_bilevel(prob, U, reg.init_params(), options={"maxiter": 6})
     assert res.nit == 6 and res.status == "maxiter" and res.n_accepted >= 1
     assert all(math.isfinite(row["omega"]) for row in res.history)
 

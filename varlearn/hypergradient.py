@@ -20,9 +20,10 @@ import warnings
 import numpy as np
 
 from ._validation import check_positive
+from .backend import random_normal
 from .linalg import norm as _lnorm
 from .results import ConvergenceWarning, Result
-from .solvers import cg, solve_lower
+from .solvers import CG, FISTA
 
 logger = logging.getLogger("varlearn")
 
@@ -66,8 +67,11 @@ class BoundEstimator:
     *estimates*, not bounds (the result says so in ``bound_exact``); each costs
     Hessian-vector products or gradients, counted in the CG cost.
 
-    Its state (running maxima and the random generator) is saved in
-    checkpoints through :meth:`state_dict` / :meth:`load_state_dict`.
+    Random unit vectors are drawn on the device of the data
+    (:func:`varlearn.backend.random_normal`) from a host ``numpy.random.Generator``
+    seeded with ``seed``: the same seed gives the same estimates.  Its state (running
+    maxima and the generator) is saved in checkpoints through :meth:`state_dict` /
+    :meth:`load_state_dict`.
     """
 
     def __init__(self, seed=0, n_power=5):
@@ -88,7 +92,8 @@ class BoundEstimator:
         self.n_power = int(d["n_power"])
 
     def _unit(self, xp, shape, dtype):
-        e = xp.asarray(self.rng.standard_normal(shape)).astype(dtype)
+        # drawn on the device of the data from the checkpointed host generator
+        e = random_normal(xp, shape, dtype, self.rng)
         return e / _norm(xp, e)
 
     def _offset_point(self, problem, x, radius):
@@ -156,22 +161,45 @@ def get_xp(problem):
     return problem.xp
 
 
+def _solver(solver, name, factory, **options):
+    """The solver object to use: ``solver``, or ``factory(**options)`` (options that are None left out)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if solver is None:
+        return factory(**given)
+    if given:
+        raise ValueError(f"{', '.join(sorted(given))} configure the default {name}; with {name}={solver!r} "
+                         f"set them on that object instead")
+    if not callable(getattr(solver, "solve", None)):
+        raise TypeError(f"{name} must be an object with a solve method, got {type(solver).__name__}")
+    return solver
+
+
+def _default_fista(lower_maxiter=10000, backtracking="auto"):
+    return FISTA(maxiter=lower_maxiter, backtracking=backtracking)
+
+
+def _default_cg(cg_maxiter=2000):
+    return CG(maxiter=cg_maxiter)
+
+
 def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bound=True,
-                  estimator=None, lower_maxiter=10000, cg_maxiter=2000, backtracking="auto", lower_L0=None,
-                  constants="exact"):
+                  estimator=None, lower_maxiter=None, cg_maxiter=None, backtracking=None, lower_L0=None,
+                  constants="exact", lower_solver=None, linear_solver=None):
     r"""Inexact hypergradient :math:`z = -J(\tilde x,\theta)^T q` and its error bound.
 
-    Steps: (1) :func:`~varlearn.solvers.solve_lower` to ``lower_tol`` from ``x0``
-    (stops when :math:`\|\nabla_x h(\tilde x)\| \le \mu\,` ``lower_tol``);
-    (2) :func:`~varlearn.solvers.cg` on :math:`H(\tilde x)q = \nabla U(\tilde x)` from
-    ``q0`` (default 0) until the residual is :math:`\le` ``cg_tol``; (3) ``z``.
+    Steps: (1) the lower solver (default :class:`~varlearn.solvers.FISTA`) to
+    ``lower_tol`` from ``x0`` (FISTA stops when :math:`\|\nabla_x h(\tilde x)\| \le
+    \mu\,` ``lower_tol``, certified including rounding); (2) the linear solver (default
+    :class:`~varlearn.solvers.CG`) on :math:`H(\tilde x)q = \nabla U(\tilde x)` from ``q0``
+    (default 0) until the true residual is :math:`\le` ``cg_tol``; (3) ``z``.
 
     The bound ω (Theorem 2.1 of the MAID paper, :func:`error_bound`) is
     evaluated a posteriori with the *achieved* accuracies: ε = the
-    ``distance_bound`` of :func:`~varlearn.solvers.solve_lower` (which
-    includes the rounding error of the computed gradient) and δ = the true CG
-    residual :math:`\|H(\tilde x)q - \nabla U(\tilde x)\|`, recomputed at the
-    returned ``q`` whatever CG's status, plus a rounding margin
+    ``distance_bound`` of the lower solver (FISTA's includes the rounding error of the
+    computed gradient) and δ = the true residual
+    :math:`\|H(\tilde x)q - \nabla U(\tilde x)\|` at the returned ``q`` whatever the
+    linear solver's status (recomputed here, one more product, when its result does not
+    say ``residual == "true"``), plus a rounding margin
     :math:`32u(L\|q\| + \|\nabla U\|)` (``L`` the problem's Lipschitz bound, ``u`` the
     unit roundoff of its dtype).  Both are valid whether or not the solvers
     met ``lower_tol`` and ``cg_tol``.  ω also gets :math:`32u\|J\|\|q\|` for the
@@ -195,57 +223,93 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         ``False`` skips the bound (``error_bound`` is NaN, no extra cost).
     estimator : BoundEstimator, optional
         Keeps running estimates across calls (created if needed).
+    lower_maxiter, backtracking : optional
+        Options of the default lower solver, ``FISTA(maxiter=lower_maxiter,
+        backtracking=backtracking)`` (defaults 10000 and ``"auto"``).  Not allowed
+        together with ``lower_solver``.
+    cg_maxiter : int, optional
+        Option of the default linear solver, ``CG(maxiter=cg_maxiter)`` (default 2000).
+        Not allowed together with ``linear_solver``.
     lower_L0 : float, optional
-        Passed to :func:`~varlearn.solvers.solve_lower` as ``L0``.
+        Passed to the lower solver's ``solve`` as ``L0``.
     constants : {"exact", "estimate"}
         ``"exact"`` (default) uses the problem's constants where it has them;
         ``"estimate"`` estimates :math:`L_H`, :math:`L_J` and :math:`\|J\|` with the
         :class:`BoundEstimator` for every problem (``bound_exact`` False).
+    lower_solver : object, optional
+        Anything with ``solve(problem, theta, tol, x0=None, L0=None, callback=None)``
+        returning a :class:`~varlearn.results.Result` with ``x``, ``nit``, ``status``
+        (``"success"`` when ``distance_bound <= tol``) and ``distance_bound`` (a certified
+        bound on :math:`\|x - \hat x(\theta)\|`, the ε of ω), and optionally ``n_hvp``
+        (default 0), ``mu`` and ``L`` (default the problem's constants).  Default
+        :class:`~varlearn.solvers.FISTA`.
+    linear_solver : object, optional
+        Anything with ``solve(matvec, b, tol, x0=None, callback=None)`` returning a
+        :class:`~varlearn.results.Result` with ``x``, ``nit``, ``success`` and
+        ``residual_norm``.  Default :class:`~varlearn.solvers.CG`.
 
     Returns
     -------
     Result
         ``grad`` (z), ``error_bound`` (ω), ``bound_exact``, ``status``
         (``"success"`` when both solvers met their tolerances; else
-        ``"lower_failed"`` (lower level stopped on ``lower_maxiter``),
+        ``"lower_failed"`` (lower level stopped on its ``maxiter``),
         ``"precision_limit"`` (``lower_tol`` below what rounding allows to
         certify), ``"nan"`` (the lower-level solve produced non-finite values) or
         ``"cg_failed"``), ``success``, ``x``, ``q``,
         ``eps`` and ``delta`` (achieved accuracies), ``upper_value``
         (:math:`U(\tilde x)`), ``upper_grad_norm``, ``n_lower_iter``,
-        ``n_cg_iter`` (CG products plus any products used by estimates),
-        ``lower`` and ``cg`` (the solver results), ``constants``.
+        ``n_cg_iter`` (linear-solver products plus any products used by estimates),
+        ``lower`` and ``cg`` (the solver results), ``constants``, ``wall_time``
+        (``time`` is a deprecated alias).
+
+    References
+    ----------
+    M. S. Salehi, S. Mukherjee, L. Roberts and M. J. Ehrhardt, "An adaptively inexact
+    first-order method for bilevel optimization with application to hyperparameter
+    learning", arXiv:2308.10098, 2024 (Theorem 2.1).  F. Pedregosa, "Hyperparameter
+    optimization with approximate gradient", ICML 2016.
     """
     lower_tol = check_positive(lower_tol, "lower_tol")
     cg_tol = check_positive(cg_tol, "cg_tol")
     if constants not in ("exact", "estimate"):
         raise ValueError(f"constants must be 'exact' or 'estimate', got {constants!r}")
+    lower_solver = _solver(lower_solver, "lower_solver", _default_fista, lower_maxiter=lower_maxiter,
+                           backtracking=backtracking)
+    linear_solver = _solver(linear_solver, "linear_solver", _default_cg, cg_maxiter=cg_maxiter)
     theta = problem.check_theta(theta)
     xp = problem.xp
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        low = solve_lower(problem, theta, lower_tol, x0=x0, maxiter=lower_maxiter, backtracking=backtracking,
-                          L0=lower_L0)
+        low = lower_solver.solve(problem, theta, lower_tol, x0=x0, L0=lower_L0)
         x = low.x
         gU = upper.grad(x)
         gU_norm = _norm(xp, gU)
-        res = cg(lambda v: problem.hvp(x, theta, v), gU, cg_tol, x0=q0, maxiter=cg_maxiter)
+
+        def matvec(v):
+            return problem.hvp(x, theta, v)
+
+        res = linear_solver.solve(matvec, gU, cg_tol, x0=q0)
     for w in caught:
         logger.info("hypergradient: %s", w.message)
     q = res.x
     z = -problem.mixed_vjp(x, theta, q)
     z_norm = _norm(xp, z)
-    n_lower = low.nit + low.n_hvp
+    n_lower = low.nit + getattr(low, "n_hvp", 0)
     n_cg = res.nit
-    mu = low.mu
+    residual_norm = res.residual_norm
+    if getattr(res, "residual", None) != "true":  # a plug-in solver: δ from the true residual of q
+        residual_norm = _norm(xp, gU - matvec(q))
+        n_cg += 1
+    mu = float(getattr(low, "mu", None) or problem.strong_convexity(theta))
     eps = low.distance_bound
     u = float(np.finfo(problem.dtype).eps) / 2.0
     q_norm = _norm(xp, q)
     L_bound = float(problem.lipschitz(theta))
     if not math.isfinite(L_bound):
-        L_bound = float(low.L)
-    delta = res.residual_norm + 32.0 * u * (L_bound * q_norm + gU_norm)
+        L_bound = float(getattr(low, "L", math.inf))
+    delta = residual_norm + 32.0 * u * (L_bound * q_norm + gU_norm)
     if low.status == "success":
         status = "success" if res.success else "cg_failed"
     else:
@@ -286,5 +350,5 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         grad=z, grad_norm=z_norm, error_bound=omega, bound_exact=exact, status=status, success=status == "success",
         x=x, q=q, eps=eps, delta=delta,
         upper_value=float(upper.value(x)), upper_grad_norm=gU_norm, n_lower_iter=n_lower, n_cg_iter=n_cg,
-        lower=low, cg=res, constants=consts, time=time.perf_counter() - t0,
+        lower=low, cg=res, constants=consts, wall_time=time.perf_counter() - t0,
     )

@@ -1,9 +1,11 @@
 """Result objects: dictionaries with attribute access and a readable repr."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-__all__ = ["Result", "STATUS_MESSAGES", "ConvergenceWarning", "VarlearnWarning"]
+__all__ = ["Result", "STATUS_MESSAGES", "DEPRECATED_KEYS", "ConvergenceWarning", "VarlearnWarning"]
 
 
 class VarlearnWarning(UserWarning):
@@ -36,12 +38,32 @@ STATUS_MESSAGES = {
 }
 
 
+#: deprecated key -> current key (one naming table, docs/developer.md): reading the old key of a
+#: Result that has the new one returns it with a DeprecationWarning
+DEPRECATED_KEYS = {"time": "wall_time"}
+
+
 class Result(dict):
-    """A ``dict`` whose keys are also attributes (like ``scipy.optimize.OptimizeResult``)."""
+    """A ``dict`` whose keys are also attributes (like ``scipy.optimize.OptimizeResult``).
+
+    A key renamed by the naming table (:data:`DEPRECATED_KEYS`, e.g. ``time`` ->
+    ``wall_time``) stays readable under its old name, as an item or an attribute, with a
+    :class:`DeprecationWarning`, when the result has the new key and not the old one.
+    """
+
+    def _renamed(self, key, stacklevel):
+        new = DEPRECATED_KEYS.get(key)
+        if new is None or new not in self:
+            raise KeyError(key)
+        warnings.warn(f"Result key {key!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+        return dict.__getitem__(self, new)
+
+    def __missing__(self, key):
+        return self._renamed(key, 3)
 
     def __getattr__(self, name):
         try:
-            return self[name]
+            return dict.__getitem__(self, name) if name in self else self._renamed(name, 3)
         except KeyError as exc:
             raise AttributeError(name) from exc
 

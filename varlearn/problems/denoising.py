@@ -8,7 +8,7 @@ import numpy as np
 from .._validation import check_array
 from ..backend import as_float_array
 from ..linalg import norm as _lnorm
-from ..regularizers import Regularizer, TotalVariation
+from ..regularizers import Regularizer
 from .base import LowerProblem, UpperLoss
 
 __all__ = ["DenoisingProblem", "SquaredError"]
@@ -51,9 +51,6 @@ class DenoisingProblem(LowerProblem):
         self.dtype = y.dtype
         self.x_shape = tuple(y.shape)
         self.n_params = regularizer.n_params
-        # regularizers that add the data term inside their own pass (one sweep instead of two)
-        self._fused = hasattr(regularizer, "grad_data") and hasattr(regularizer, "hvp_data")
-        self._tv = isinstance(regularizer, TotalVariation)
         self._noisy_norm = None
 
     def _default_params(self, rng):
@@ -70,12 +67,30 @@ class DenoisingProblem(LowerProblem):
         return 0.5 * self.xp.vdot(d.ravel(), d.ravel()) + self.regularizer.value(x, theta)
 
     def grad(self, x, theta):
-        if self._fused:
-            return self.regularizer.grad_data(x, theta, self.noisy, 1.0)
-        return (x - self.noisy) + self.regularizer.grad(x, theta)
+        r""":math:`x - y + \nabla_x R(x, \theta)`: the array :meth:`fused_grad` computes without a step."""
+        if getattr(self.regularizer, "fused_grad", None) is None:  # transitional, until C1 lands
+            if hasattr(self.regularizer, "grad_data"):
+                return self.regularizer.grad_data(x, theta, self.noisy, 1.0)
+            return (x - self.noisy) + self.regularizer.grad(x, theta)
+        return self.fused_grad(x, theta)[0]
+
+    def fused_grad(self, x, theta, *, x_prev=None, beta=0.0, step=None, out=None):
+        """The regularizer's fused pass with the data term: ``regularizer.fused_grad(..., y=noisy, data_w=1)``.
+
+        See :meth:`LowerProblem.fused_grad`; a regularizer whose (operator, potential)
+        pair has a registered kernel runs the whole FISTA step in one pass.
+        """
+        fused = getattr(self.regularizer, "fused_grad", None)
+        if fused is None:  # transitional, until C1 lands: the generic default through grad()
+            return super().fused_grad(x, theta, x_prev=x_prev, beta=beta, step=step, out=out)
+        return fused(x, theta, self.noisy, 1.0, x_prev=x_prev, beta=beta, step=step, out=out)
 
     def hvp(self, x, theta, v):
-        if self._fused:
+        r""":math:`v + \nabla^2_{xx}R(x, \theta)\,v` by ``regularizer.fused_hvp(x, theta, v, data_w=1)``."""
+        fused = getattr(self.regularizer, "fused_hvp", None)
+        if fused is not None:
+            return fused(x, theta, v, 1.0)
+        if hasattr(self.regularizer, "hvp_data"):  # transitional, until C1 lands
             return self.regularizer.hvp_data(x, theta, v, 1.0)
         return v + self.regularizer.hvp(x, theta, v)
 
@@ -123,16 +138,6 @@ class DenoisingProblem(LowerProblem):
 
     def param_layout(self):
         return self.regularizer.param_layout()
-
-    def fista_step(self, x, x_prev, beta, tau, theta, out):
-        if self._tv:
-            k = self.regularizer._kernels(x)
-            if k is not None and x.flags.c_contiguous and x_prev.flags.c_contiguous:
-                lam, nu = self.regularizer._scalars(theta)
-                g2 = k.fista_step(x, x_prev, self.noisy, float(beta), float(tau), lam, nu * nu,
-                                  self.regularizer.isotropic, out)
-                return math.sqrt(float(g2))
-        return super().fista_step(x, x_prev, beta, tau, theta, out)
 
     # -------------------------------------------------- Separable protocol (varlearn.problems.separable)
     @property
