@@ -10,7 +10,8 @@ format of :mod:`varlearn.bilevel.checkpoint`, validated there):
   JSON integers), ``adam_t``, ``schedules``, ``counters``, ``history``,
   ``evaluations``, ``fingerprint`` (of the data; a mismatch on resume raises
   :class:`~varlearn.bilevel.checkpoint.CheckpointError`), ``L_last``,
-  ``estimator``, ``elapsed``, ``warm_saved``, ``status``, ``n_params``,
+  ``estimator``, ``executor_constants`` (the executor's running estimates),
+  ``elapsed``, ``warm_saved``, ``status``, ``n_params``,
   ``x_shape``, ``dtype``;
 * arrays: ``theta``, ``adam_m``, ``adam_v`` (Adam only, after its first
   step), ``sampler_perm`` (int64; empty when none), ``estimator_d`` (when
@@ -24,12 +25,17 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
 from ..backend import to_device, to_numpy
 from ..linalg import norm as _lnorm
+from ..problems.separable import require_separable
+from ..results import ConvergenceWarning, Result
+from ..solvers import solve_lower
 from .checkpoint import CheckpointError, data_fingerprint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("varlearn")
@@ -68,7 +74,8 @@ class WarmStore:
     def put(self, idx, x, q, w):
         for j, i in enumerate(idx):
             i = int(i)
-            self.data[i] = (x[j].astype(np.float32), (q[j] / w).astype(np.float32))
+            x_j, q_j = x[j], q[j]
+            self.data[i] = (x_j.astype(np.float32), (q_j / w).astype(np.float32))
             self.data.move_to_end(i)
         while len(self.data) > self.capacity:
             self.data.popitem(last=False)
@@ -77,32 +84,148 @@ class WarmStore:
         return sum(a.nbytes + b.nbytes for a, b in self.data.values())
 
 
-def warm_capacity(problem, opts):
-    """Images the warm-start store may hold (0: no warm starts).
+    def as_dict(self, idx, w):
+        """``{i: (x_i, w q̄_i)}`` for the images of ``idx`` that have a warm start (executor form), or None."""
+        out = {}
+        for i in idx:
+            i = int(i)
+            if i in self.data:
+                x_i, q_i = self.data[i]
+                self.data.move_to_end(i)
+                out[i] = (x_i, w * q_i.astype(np.float64))
+        return out or None
 
-    ``"none"`` gives 0; ``"driver"``, ``"auto"`` and (serial executor)
-    ``"worker"`` keep float32 ``x`` and ``q̄`` of at most
+
+def describe_data(problem, upper):
+    """``(n_samples, x_shape, xp, dtype)`` of the data; refuses what ISGD cannot sample.
+
+    ``problem`` is a :class:`~varlearn.problems.separable.Separable` problem
+    with a separable ``upper`` of as many samples, or a
+    :class:`~varlearn.executors.DenoisingDataset` with ``upper=None``.
+    """
+    if _is_dataset(problem):
+        if upper is not None:
+            raise ValueError(f"upper must be None for a DenoisingDataset (its loss is the mean squared error "
+                             f"against the collection's clean images), got {type(upper).__name__}")
+        n = int(problem.n_samples)
+        return n, (n, *problem.image_shape), np, np.dtype(problem.dtype)
+    require_separable(problem, "problem")
+    require_separable(upper, "upper loss")
+    n = int(problem.n_samples)
+    if int(upper.n_samples) != n:
+        raise ValueError(f"the problem has {n} samples but the upper loss has {upper.n_samples}")
+    return n, tuple(problem.x_shape), problem.xp, problem.dtype
+
+
+def _is_dataset(problem):
+    from ..executors import DenoisingDataset  # noqa: PLC0415 - beside bilevel in layer 6, loaded on use
+
+    return isinstance(problem, DenoisingDataset)
+
+
+def make_executor(opts, problem, upper):
+    """``(spec, executor, owned)`` for the run; ``(None, None, False)`` on the in-process path.
+
+    ``"serial"`` and ``"dask"`` make varlearn's executors (``owned``: closed at
+    the end of the run) over the task description ``spec``: the
+    ``DenoisingDataset`` itself, or ``DenoisingDataset.from_problem`` for an
+    in-memory ``DenoisingProblem`` with ``SquaredError`` on NumPy.  Other
+    separable problems, and data on a GPU, take the in-process path with
+    ``"serial"`` (and refuse ``"dask"`` or an executor object); so does
+    ``"inprocess"``.
+    """
+    from ..executors import DaskExecutor, DenoisingDataset, SerialExecutor  # noqa: PLC0415
+    from ..problems import DenoisingProblem, SquaredError  # noqa: PLC0415
+
+    ex = opts["executor"]
+    limits = {"lower_maxiter": opts["lower_maxiter"], "cg_maxiter": opts["cg_maxiter"],
+              "backtracking": opts["backtracking_lower"]}
+    if isinstance(problem, DenoisingDataset):
+        if ex == "inprocess":
+            return None, None, False
+        spec = problem
+    elif (ex != "inprocess" and isinstance(problem, DenoisingProblem) and isinstance(upper, SquaredError)
+          and problem.xp is np and getattr(upper, "_weight", None) is None):
+        spec = DenoisingDataset.from_problem(problem, upper, **limits)
+    else:
+        if ex not in ("serial", "inprocess"):
+            raise ValueError(f"option 'executor' {ex!r} needs a DenoisingProblem with SquaredError on NumPy, or "
+                             f"a DenoisingDataset; got {type(problem).__name__} on {problem.backend!r}; use "
+                             f"executor='inprocess'")
+        return None, None, False
+    common = {"images_per_task": opts["images_per_task"], "task_retries": opts["task_retries"],
+              "on_task_failure": opts["on_task_failure"], "max_drop_fraction": opts["max_drop_fraction"]}
+    if ex == "serial":
+        return spec, SerialExecutor(**common), True
+    if ex == "dask":
+        return spec, DaskExecutor(client=opts["client"], n_workers=opts["n_workers"], **common), True
+    return spec, ex, False
+
+
+def warm_capacity(n, x_shape, opts, executor):
+    """Images the driver's warm-start store may hold (0: no warm starts).
+
+    ``"none"`` gives 0, as do ``"worker"`` and (with a non-serial executor,
+    when N·H·W·4 bytes exceed ``warm_start_max_bytes``) ``"auto"``: these
+    solves start cold.  Otherwise float32 ``x`` and ``q̄`` of at most
     ``warm_start_max_bytes // (8 H W)`` images (all N when they fit).
     """
-    if opts["warm_start"] == "none":
+    from ..executors import SerialExecutor  # noqa: PLC0415
+
+    mode = opts["warm_start"]
+    pixels = int(np.prod(x_shape[1:]))
+    if mode == "auto":
+        serial = executor is None or isinstance(executor, SerialExecutor)
+        mode = "driver" if serial or n * pixels * 4 <= opts["warm_start_max_bytes"] else "worker"
+    if mode != "driver":
         return 0
-    per_image = 8 * int(np.prod(problem.x_shape[1:]))
-    return int(min(problem.n_samples, opts["warm_start_max_bytes"] // per_image))
+    return int(min(n, opts["warm_start_max_bytes"] // (8 * pixels)))
 
 
-def make_executor(opts):
-    """The executor object of the run, or None for the in-process reference path (``"serial"``)."""
-    ex = opts["executor"]
-    if ex == "serial":
-        return None
-    if ex == "dask":
-        raise ImportError("executor='dask' needs varlearn's Dask executor (pip install \"varlearn[dask]\"), "
-                          "which is not available in this installation")
-    return ex
+def batch_problems(state, idx, epoch):
+    """The batch's lower-level problem and loss (weight 1/b) for the in-process path."""
+    if state.upper is None:  # a DenoisingDataset read in this process
+        return state.problem.problems(idx, len(idx), epoch=epoch)
+    return state.problem.subset(idx), state.upper.subset(idx)
 
 
-def executor_hypergradient(state, idx, eps, delta, bound):  # pragma: no cover - wired when the executor lands
-    raise NotImplementedError("external executors are not wired into ISGD yet")
+def executor_hypergradient(state, idx, epoch, eps, delta, bound, L0):
+    """The batch hypergradient through ``state.executor`` (C6), in the form of the in-process path."""
+    b = len(idx)
+    w = 1.0 / b  # the executor's chunk losses carry the batch weight
+    warm = state.warm.as_dict(idx, w) if state.warm is not None else None
+    bh = state.executor.hypergradient(state.spec, [int(i) for i in idx], to_numpy(state.theta), eps, delta,
+                                      warm=warm, bound=bound, key=f"isgd-{state.k}", epoch=epoch, lower_L0=L0,
+                                      constants=state.constants)
+    if bh.status != "nan":
+        state.constants = {"est_state": bh.constants.get("est_state")}
+        Ls = [c.L for c in bh.per_chunk if c.L is not None and math.isfinite(c.L)]
+        state.L_last = max(Ls) if Ls else state.L_last
+        if state.warm is not None and bh.warm_out:
+            keys = [i for i in idx if int(i) in bh.warm_out]
+            state.warm.put(keys, [bh.warm_out[int(i)][0] for i in keys], [bh.warm_out[int(i)][1] for i in keys], w)
+    uncertified = sum(len(c.indices) for c in bh.per_chunk if c.status != "success")
+    return Result(grad=to_device(np.asarray(bh.grad, dtype=np.float64), state.xp), omega=bh.omega, fun=bh.fun,
+                  bound_exact=bh.bound_exact, n_lower_iter=bh.n_lower_iter, n_cg_iter=bh.n_cg_iter,
+                  image_lower_iter=bh.image_lower_iter, image_cg_iter=bh.image_cg_iter, n_retries=bh.n_retries,
+                  n_dropped=bh.n_dropped, n_uncertified=uncertified, status=bh.status, x=None)
+
+
+def evaluate_set(state, problem, upper, tol):
+    """``(U, mean PSNR, image cost)`` of a cold solve of all images of ``problem`` to ``tol`` per image."""
+    o = state.options
+    if upper is None:  # a DenoisingDataset: through the executor
+        n = int(problem.n_samples)
+        ex = state.executor
+        bv = ex.trial(problem, list(range(n)), to_numpy(state.theta), math.sqrt(n) * tol, key=f"isgd-eval-{state.k}")
+        return float(bv.fun), math.nan, int(bv.image_lower_iter)
+    n = int(problem.x_shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sol = solve_lower(problem, state.theta, math.sqrt(n) * tol, maxiter=o["lower_maxiter"],
+                          backtracking=o["backtracking_lower"])
+    psnr = float(upper.psnr(sol.x)) if hasattr(upper, "psnr") else math.nan
+    return float(upper.value(sol.x)), psnr, (sol.nit + sol.n_hvp) * n
 
 
 def apply_projection(project, theta_new, theta_old):
@@ -130,7 +253,7 @@ def _json_options(opts):
 def save(state, path):
     """Write the whole state of the run to ``path`` (atomic)."""
     meta = {
-        "kind": "varlearn-bilevel", "method": "isgd", "options": _json_options(state.opts),
+        "kind": "varlearn-bilevel", "method": "isgd", "options": _json_options(state.options),
         "k": state.k, "epoch": state.epoch, "pos": state.sampler.position, "sampler": state.sampler.state_dict(),
         "adam_t": state.adam_t,
         "schedules": {"step": state.step_schedule.state_dict(), "eps": state.eps_schedule.state_dict()},
@@ -139,8 +262,9 @@ def save(state, path):
                      "eval_cost": state.eval_cost},
         "history": state.history, "evaluations": state.evaluations, "fingerprint": state.fingerprint,
         "L_last": state.L_last, "estimator": state.estimator.state_dict(), "elapsed": state.elapsed,
-        "status": state.status, "n_params": int(state.theta.shape[0]), "x_shape": list(state.problem.x_shape),
-        "dtype": str(state.problem.dtype),
+        "executor_constants": state.constants,
+        "status": state.status, "n_params": int(state.theta.shape[0]), "x_shape": list(state.x_shape),
+        "dtype": str(state.dtype),
     }
     arrays = {"theta": to_numpy(state.theta), "sampler_perm": state.sampler.perm_array()}
     if state.adam_m is not None:
@@ -178,18 +302,18 @@ def restore(state, meta, arrays, path):
     if meta["fingerprint"] != state.fingerprint:
         raise CheckpointError(f"{where} was written for other data (fingerprint {meta['fingerprint'][:12]}..., "
                               f"this problem's is {state.fingerprint[:12]}...)")
-    if meta["n_params"] != state.theta.shape[0] or tuple(meta["x_shape"]) != tuple(state.problem.x_shape):
+    if meta["n_params"] != state.theta.shape[0] or tuple(meta["x_shape"]) != tuple(state.x_shape):
         raise CheckpointError(f"{where} was written for n_params={meta['n_params']}, x_shape="
                               f"{tuple(meta['x_shape'])}; this problem has n_params={state.theta.shape[0]}, "
-                              f"x_shape={tuple(state.problem.x_shape)}")
-    for name in _OBJECT_OPTIONS:
-        if meta["options"].get(name) == _MARKER and state.opts[name] is None:
+                              f"x_shape={tuple(state.x_shape)}")
+    for name in ("project", "eval_set"):  # they change the run; an executor object does not
+        if meta["options"].get(name) == _MARKER and state.options[name] in (None, "train"):
             raise CheckpointError(f"{where}: the run used an object for option {name!r}; pass it again to resume")
     try:
         state.sampler.load_state_dict(meta["sampler"], arrays.get("sampler_perm"))
     except ValueError as exc:
         raise CheckpointError(f"{where}: {exc}") from exc
-    xp = state.problem.xp
+    xp = state.xp
     state.theta = to_device(arrays["theta"], xp).astype(np.float64)
     state.k = int(meta["k"])
     state.adam_t = int(meta["adam_t"])
@@ -200,9 +324,11 @@ def restore(state, meta, arrays, path):
     state.history = [dict(r) for r in meta["history"]]
     state.evaluations = [dict(r) for r in meta["evaluations"]]
     state.L_last = None if meta["L_last"] is None else float(meta["L_last"])
+    state.constants = meta["executor_constants"]
     state.estimator.load_state_dict(meta["estimator"])
     state.estimator._d = to_device(arrays["estimator_d"], xp) if "estimator_d" in arrays else None
     state.elapsed = float(meta["elapsed"])
+    state.t_start = time.perf_counter()
     if state.warm is not None and "warm_idx" in arrays:
         for j, i in enumerate(arrays["warm_idx"]):
             state.warm.data[int(i)] = (to_device(arrays["warm_x"][j], xp), to_device(arrays["warm_q"][j], xp))
@@ -212,5 +338,6 @@ def restore(state, meta, arrays, path):
     return state
 
 
-__all__ = ["WarmStore", "warm_capacity", "make_executor", "apply_projection", "save", "restore",
-           "read_checkpoint", "saved_options", "data_fingerprint"]
+__all__ = ["WarmStore", "describe_data", "warm_capacity", "make_executor", "batch_problems",
+           "executor_hypergradient", "evaluate_set", "apply_projection", "save", "restore", "read_checkpoint",
+           "saved_options", "data_fingerprint"]

@@ -155,6 +155,7 @@ _ISGD_RULES = {
     "fingerprint": _SHA256_HEX,
     "L_last": (_positive_or_none, "a positive number or null"),
     "estimator": (lambda v: isinstance(v, dict), "a JSON object"),
+    "executor_constants": (lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
     "elapsed": (_nonneg_finite, "a finite number >= 0"),
     "warm_saved": (lambda v: isinstance(v, bool), "true or false"),
     "n_params": (_pos_int, "an integer >= 1"),

@@ -42,13 +42,14 @@ ISGD_DEFAULTS = {
     "maxiter": math.inf,        # mini-batch steps
     "max_epochs": math.inf,     # passes over the data
     "image_budget": math.inf,   # image-iterations (lower + CG)
+    "budget": math.inf,         # stacked iterations (lower + CG), as for the other methods
     "time_limit": math.inf,     # seconds
     "eval_every": 0,            # full-objective evaluation every n epochs (0: off)
     "eval_tol": 1e-6,           # per-image accuracy of the evaluation solves
     "eval_set": "train",        # "train" or a held-out (problem, upper) pair
     "warm_start": "auto",       # auto | driver | worker | none
     "warm_start_max_bytes": 2 ** 31,
-    "executor": "serial",       # serial | dask | an executor object (varlearn's C6 executor protocol)
+    "executor": "serial",       # serial | dask | inprocess | an executor object (varlearn.executors)
     "client": None, "n_workers": None, "images_per_task": "auto",
     "task_retries": 2, "on_task_failure": "raise", "max_drop_fraction": 0.1,
     "project": None,            # callable theta -> theta applied after each step
@@ -100,6 +101,7 @@ _RULES = {
     "maxiter": (lambda v: (_int(v) and v >= 1) or v == math.inf, "must be a positive integer or inf"),
     "max_epochs": (lambda v: (_int(v) and v >= 1) or v == math.inf, "must be a positive integer or inf"),
     "image_budget": (lambda v: _real(v) and v > 0, "must be a positive number (inf for no limit)"),
+    "budget": (lambda v: _real(v) and v > 0, "must be a positive number (inf for no limit)"),
     "time_limit": (lambda v: _real(v) and v > 0, "must be a positive number of seconds (inf for no limit)"),
     "eval_every": (lambda v: _int(v) and v >= 0, "must be an integer >= 0 (0: no evaluation)"),
     "eval_tol": (lambda v: _real(v) and 0 < v < math.inf, "must be a positive finite number"),
@@ -108,8 +110,9 @@ _RULES = {
     "warm_start": (lambda v: v in ("auto", "driver", "worker", "none"),
                    "must be 'auto', 'driver', 'worker' or 'none'"),
     "warm_start_max_bytes": (lambda v: _int(v) and v >= 0, "must be an integer number of bytes >= 0"),
-    "executor": (lambda v: v in ("serial", "dask") or (not isinstance(v, str) and callable(getattr(v, "hypergradient", None))),
-                 "must be 'serial', 'dask' or an executor object with a hypergradient method"),
+    "executor": (lambda v: v in ("serial", "dask", "inprocess")
+                 or (not isinstance(v, str) and callable(getattr(v, "hypergradient", None))),
+                 "must be 'serial', 'dask', 'inprocess' or an executor object with a hypergradient method"),
     "n_workers": (lambda v: v is None or (_int(v) and v >= 1), "must be a positive integer or None"),
     "images_per_task": (lambda v: v == "auto" or (_int(v) and v >= 1), "must be 'auto' or a positive integer"),
     "task_retries": (lambda v: _int(v) and v >= 0, "must be an integer >= 0"),
@@ -121,18 +124,19 @@ _RULES = {
     "backtracking_lower": (lambda v: v in (True, False, "auto"), "must be True, False or 'auto'"),
 }
 
-_FLOATS = ("adam_eps", "step0", "q", "eps0", "p", "delta_ratio", "eps_min", "eta", "image_budget", "time_limit",
-           "eval_tol", "max_drop_fraction")
+_FLOATS = ("adam_eps", "step0", "q", "eps0", "p", "delta_ratio", "eps_min", "eta", "image_budget", "budget",
+           "time_limit", "eval_tol", "max_drop_fraction")
 
 
-def resolve_isgd_options(options, n_samples=None, image_shape=None):
+def resolve_isgd_options(options, n_samples=None, image_shape=None, check_limits=True):
     """Merge ``options`` into :data:`ISGD_DEFAULTS` and validate every value; returns a new dict.
 
     ``n_samples`` (N) checks ``batch_size <= N`` (the default 8 is clipped to
     N); ``image_shape`` ``(H, W)`` fills the default ``eps0 = 0.01 * sqrt(H * W)``.
     The old name ``max_iter`` is accepted for ``maxiter`` with a
-    ``DeprecationWarning``.  Also refuses a run without any limit (all of
-    ``maxiter``, ``max_epochs``, ``image_budget``, ``time_limit`` infinite).
+    ``DeprecationWarning``.  With ``check_limits`` also refuses a run without
+    any limit (all of ``maxiter``, ``max_epochs``, ``image_budget``,
+    ``budget``, ``time_limit`` infinite).
     """
     opts = dict(ISGD_DEFAULTS)
     given = dict(options or {})
@@ -160,7 +164,8 @@ def resolve_isgd_options(options, n_samples=None, image_shape=None):
             raise _bad("batch_size", opts["batch_size"], f"must be at most the number of samples N = {n_samples}")
     if opts["eps0"] is None and image_shape is not None:
         opts["eps0"] = 0.01 * math.sqrt(float(image_shape[0]) * float(image_shape[1]))
-    if all(opts[k] == math.inf for k in ("maxiter", "max_epochs", "image_budget", "time_limit")):
+    if check_limits and all(opts[k] == math.inf for k in ("maxiter", "max_epochs", "image_budget", "budget",
+                                                          "time_limit")):
         raise ValueError("ISGD has no stopping rule of its own: set at least one of the options 'maxiter', "
-                         "'max_epochs', 'image_budget', 'time_limit' (all are inf)")
+                         "'max_epochs', 'image_budget', 'budget', 'time_limit' (all are inf)")
     return opts
