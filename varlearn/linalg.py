@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import _accel
 from .backend import get_namespace, xp_name
 
-__all__ = ["vdot", "norm", "norm64"]
+__all__ = ["vdot", "norm", "norm64", "gradient_step", "gamma"]
 
 # below this many entries a parallel region costs more than BLAS (measured: 2 ms per call on 10 entries)
 _NUMBA_MIN_SIZE = 1 << 15
@@ -52,3 +54,30 @@ def norm64(a) -> float:
     """
     xp = get_namespace(a)
     return norm(a if a.dtype == xp.float64 else a.astype(xp.float64))
+
+
+def gradient_step(z, g, step, out):
+    """The end of a fused pass: ``g`` (``step`` None) or ``z - step * g``, written into ``out`` when given.
+
+    ``out`` (allocated like ``z`` when None and a step is taken) must not alias ``z``.
+    """
+    if step is None:
+        if out is None:
+            return g
+        out[...] = g
+        return out
+    xp = get_namespace(z, g)
+    if out is None:
+        out = xp.empty_like(z)
+    return xp.subtract(z, step * g, out=out)
+
+
+def gamma(k, dtype):
+    r""":math:`\gamma_k = k u / (1 - k u)` for the unit roundoff ``u`` of ``dtype`` (``inf`` when ``k u >= 1/2``).
+
+    The constant of the rounding bound :math:`|fl(a^Tb) - a^Tb| \le \gamma_k |a|^T|b|` of a
+    sum of ``k`` products (N. J. Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 2nd ed., SIAM, 2002, §3.1).
+    """
+    ku = k * float(np.finfo(dtype).eps) / 2.0
+    return ku / (1.0 - ku) if ku < 0.5 else math.inf

@@ -30,16 +30,9 @@ import numpy as np
 
 from .._validation import check_array, check_theta
 from ..backend import get_namespace, to_device, xp_name
-from ..linalg import norm64
+from ..linalg import gamma, gradient_step, norm64
 
 __all__ = ["LowerProblem", "UpperLoss", "gamma"]
-
-
-def gamma(k, dtype):
-    r""":math:`\gamma_k = k u / (1 - k u)` for the unit roundoff ``u`` of ``dtype`` ([H02]_, §3.1)."""
-    u = float(np.finfo(dtype).eps) / 2.0
-    ku = k * u
-    return ku / (1.0 - ku) if ku < 0.5 else math.inf
 
 
 class LowerProblem(abc.ABC):
@@ -178,19 +171,9 @@ class LowerProblem(abc.ABC):
             :math:`\|g\|` as a Python float, the sum of squares accumulated in float64
             (one host synchronisation).
         """
-        xp = self.xp
         z = x if (x_prev is None or beta == 0) else x + beta * (x - x_prev)
         g = self.grad(z, theta)
-        gnorm = norm64(g)
-        if step is None:
-            if out is None:
-                return g, gnorm
-            out[...] = g
-            return out, gnorm
-        if out is None:
-            out = xp.empty_like(x)
-        xp.subtract(z, step * g, out=out)
-        return out, gnorm
+        return gradient_step(z, g, step, out), norm64(g)
 
     def fista_step(self, x, x_prev, beta, tau, theta, out):
         """Deprecated transitional alias: ``fused_grad(x, theta, x_prev=x_prev, beta=beta, step=tau, out=out)[1]``.
