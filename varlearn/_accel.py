@@ -102,8 +102,12 @@ def accelerated() -> bool:
     return _enabled
 
 
+def _module_path(name):
+    return name if name.startswith("varlearn.") else f"varlearn.{name}"
+
+
 def numba_module(name):
-    """Import ``varlearn.<name>`` (a numba kernel module) or return ``None``.
+    """Import the numba kernel module ``name`` (``varlearn.<name>`` or a full ``varlearn.`` path), or ``None``.
 
     ``None`` when numba is not installed or the accelerators are disabled.
     """
@@ -113,7 +117,7 @@ def numba_module(name):
     if key not in _cache:
         try:
             _install_compile_listener()
-            _cache[key] = importlib.import_module(f"varlearn.{name}")
+            _cache[key] = importlib.import_module(_module_path(name))
         except ImportError as exc:
             logger.info("numba kernels unavailable (%s); using the NumPy reference path", exc)
             _cache[key] = None
@@ -121,12 +125,12 @@ def numba_module(name):
 
 
 def cupy_module(name):
-    """Import ``varlearn.<name>`` (a CuPy kernel module) or return ``None`` when disabled."""
+    """Import the CuPy kernel module ``name`` (as for :func:`numba_module`), or ``None`` when disabled."""
     if not _enabled:
         return None
     key = ("cupy", name)
     if key not in _cache:
-        _cache[key] = importlib.import_module(f"varlearn.{name}")
+        _cache[key] = importlib.import_module(_module_path(name))
     return _cache[key]
 
 
