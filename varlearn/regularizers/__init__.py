@@ -1,6 +1,8 @@
-"""Regularizers: the :class:`Regularizer` protocol and the built-in models."""
+"""Regularizers: the :class:`Regularizer` protocol, compositions and the built-in models."""
 from .base import PotentialRegularizer, Regularizer, SumRegularizer, Tikhonov
+from .composite import Composite
 from .foe import FieldOfExperts
 from .tv import TotalVariation
 
-__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation", "FieldOfExperts"]
+__all__ = ["Regularizer", "Composite", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation",
+           "FieldOfExperts"]

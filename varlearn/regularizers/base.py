@@ -1,86 +1,173 @@
-"""The :class:`Regularizer` protocol and generic regularizers built from parts."""
+r"""The :class:`Regularizer` protocol and generic regularizers built from parts.
+
+References
+----------
+.. [MAID] M. J. Ehrhardt, L. Roberts, "Analyzing inexact hypergradients for bilevel learning",
+   IMA J. Appl. Math. 89 (2024) 254-278 (the constants of the hypergradient error bound).
+.. [CP16] A. Chambolle, T. Pock, "An introduction to continuous optimization for imaging",
+   Acta Numerica 25 (2016) 161-319 (§4.7: FISTA).
+.. [RB09] S. Roth, M. J. Black, "Fields of Experts", Int. J. Comput. Vision 82 (2009) 205-229.
+"""
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
 
-from ..backend import get_namespace
+from ..backend import get_namespace, to_numpy
 from ..operators import Identity, LinearOperator
 from ..potentials import Potential, Quadratic
+from .composite import Composite, norm64, potential_grad_error
 
-__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer"]
+__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "potential_grad_error",
+           "gradient_step"]
 
 
-class Regularizer:
-    r"""Base class of every regularizer :math:`R(x, \theta)`.
+def gradient_step(z, g, step, out):
+    """``g`` (``step`` None) or ``z - step * g``, written into ``out`` when given (the end of a fused pass)."""
+    xp = get_namespace(z, g)
+    if step is None:
+        if out is None:
+            return g
+        out[...] = g
+        return out
+    if out is None:
+        out = xp.empty_like(z)
+    return xp.subtract(z, step * g, out=out)
 
-    A subclass implements
 
-    * ``n_params`` and ``init_params(rng=None)`` (a default θ, 1-D NumPy float64),
-    * ``value(x, theta)`` (a 0-d array), ``grad(x, theta)`` (:math:`\nabla_x R`),
-      ``hvp(x, theta, v)`` (:math:`\nabla^2_{xx} R\, v`) and
-      ``mixed_vjp(x, theta, w)`` (:math:`(\partial_\theta \nabla_x R)^T w`, shaped
-      like θ),
+class Regularizer(abc.ABC):
+    r"""Abstract base class of every regularizer :math:`R(x, \theta)`.
 
-    and may implement ``lipschitz(theta)`` (an upper bound on
-    :math:`\|\nabla^2_{xx}R\|`, default ``inf``: unknown), ``convexity(theta)``
-    (a lower bound on the smallest Hessian eigenvalue, default ``-inf``:
-    unknown), ``hessian_lipschitz(theta)`` and ``mixed_lipschitz(theta)``
-    (Lipschitz constants in ``x`` of the Hessian and of the mixed derivative,
-    used by the hypergradient error bound; default ``None``: unknown), and
-    ``param_layout()`` (named blocks of θ, used by the checker).
+    A subclass sets :attr:`n_params` and implements :meth:`init_params`,
+    :meth:`value`, :meth:`grad`, :meth:`hvp` and :meth:`mixed_vjp`.  Every other
+    method has a generic default that a subclass may improve: the fused passes
+    :meth:`fused_grad` / :meth:`fused_hvp` (C1 of the developer contracts; the
+    lower-level solvers call them), and the constants of the hypergradient error
+    bound ([MAID]_ Theorem 2.1), whose defaults say "unknown".
 
-    ``x`` is an image batch ``(..., H, W)``; ``theta`` lives in the same array
-    namespace as ``x``.  Sums of regularizers (``r1 + r2``) concatenate θ.
+    ``x`` is an image batch ``(..., H, W)``; ``theta`` is 1-D and lives in the
+    same array namespace as ``x``.  Sums of regularizers (``r1 + r2``)
+    concatenate θ (:class:`SumRegularizer`).
+
+    References
+    ----------
+    .. [MAID] M. J. Ehrhardt, L. Roberts, IMA J. Appl. Math. 89 (2024) 254-278.
     """
 
+    #: length of θ
     n_params: int = 0
 
+    @abc.abstractmethod
     def init_params(self, rng=None):
-        raise NotImplementedError
+        """A default θ: a 1-D NumPy float64 array of length :attr:`n_params` (``rng`` for random parts)."""
 
+    @abc.abstractmethod
     def value(self, x, theta):
-        raise NotImplementedError
+        r""":math:`R(x, \theta)` as a 0-d array of ``x``'s namespace."""
 
+    @abc.abstractmethod
     def grad(self, x, theta):
-        raise NotImplementedError
+        r""":math:`\nabla_x R(x, \theta)`, shaped like ``x``."""
 
+    @abc.abstractmethod
     def hvp(self, x, theta, v):
-        raise NotImplementedError
+        r""":math:`\nabla^2_{xx} R(x, \theta)\, v`, shaped like ``x``."""
 
+    @abc.abstractmethod
     def mixed_vjp(self, x, theta, w):
-        raise NotImplementedError
+        r""":math:`(\partial_\theta \nabla_x R(x, \theta))^T w`, shaped like θ ([MAID]_ eq. (2.3))."""
 
+    # ------------------------------------------------------------------ fused passes (C1)
+    def fused_grad(self, x, theta, y=None, data_w=0.0, *, x_prev=None, beta=0.0, step=None, out=None):
+        r"""Gradient with a data term at an extrapolated point, optionally followed by a step.
+
+        .. math::
+
+            z = x + \beta(x - x_{prev}),\qquad g = w\,(z - y) + \nabla_x R(z, \theta),\qquad
+            \text{out} \leftarrow g\ \text{(step None)}\ \text{or}\ z - \text{step}\cdot g
+
+        (:math:`z = x` when ``x_prev`` is None or ``beta == 0``; ``y`` is ignored
+        when ``data_w == 0``).  One FISTA iteration on
+        :math:`\tfrac w2\|x-y\|^2 + R` is one call ([CP16]_ §4.7).  The generic
+        default costs one :meth:`grad` and elementwise passes; composed
+        regularizers whose (operator, potential) pair has a registered kernel run
+        one fused pass.
+
+        Parameters
+        ----------
+        x : array
+        theta : array (n_params,)
+        y : array shaped like x, optional
+        data_w : float
+        x_prev : array shaped like x, optional
+        beta : float
+        step : float, optional
+        out : array shaped like x, optional
+            Allocated when None; must not alias ``x`` or ``x_prev``.
+
+        Returns
+        -------
+        out : array
+        grad_norm : float
+            :math:`\|g\|`, the sum of squares accumulated in float64 (one host sync).
+        """
+        z = x if (x_prev is None or beta == 0) else x + beta * (x - x_prev)
+        g = self.grad(z, theta)
+        if data_w != 0:
+            g = g + data_w * (z - y)
+        return gradient_step(z, g, step, out), norm64(g)
+
+    def fused_hvp(self, x, theta, v, data_w=0.0, *, out=None):
+        r"""``data_w * v + ∇²_xx R(x, θ) v`` (written into ``out`` when given); default: :meth:`hvp` plus an axpy."""
+        h = self.hvp(x, theta, v)
+        if data_w != 0:
+            h = h + data_w * v
+        return gradient_step(x, h, None, out)
+
+    def grad_data(self, x, theta, y, data_w, out=None):
+        """Alias kept for old callers: ``fused_grad(x, theta, y, data_w, out=out)[0]``."""
+        return self.fused_grad(x, theta, y, data_w, out=out)[0]
+
+    def hvp_data(self, x, theta, v, data_w):
+        """Alias kept for old callers: ``fused_hvp(x, theta, v, data_w)``."""
+        return self.fused_hvp(x, theta, v, data_w)
+
+    # ------------------------------------------------------------------ constants (optional)
     def lipschitz(self, theta) -> float:  # noqa: ARG002
+        r"""Upper bound on :math:`\|\nabla^2_{xx}R\|` over all ``x`` (default ``inf``: unknown)."""
         return math.inf
 
     def convexity(self, theta) -> float:  # noqa: ARG002
+        r"""Lower bound on the smallest eigenvalue of :math:`\nabla^2_{xx}R` (default ``-inf``: unknown)."""
         return -math.inf
 
     def lipschitz_is_loose(self, theta) -> bool:  # noqa: ARG002
-        """Whether :meth:`lipschitz` may overestimate the curvature by a large factor."""
+        """Whether :meth:`lipschitz` may overestimate the curvature by a large factor (default False)."""
         return False
 
     def hessian_lipschitz(self, theta):  # noqa: ARG002
+        r"""Lipschitz constant in ``x`` of :math:`\nabla^2_{xx}R` (default ``None``: unknown; [MAID]_)."""
         return None
 
     def mixed_lipschitz(self, theta):  # noqa: ARG002
+        r"""Lipschitz constant in ``x`` of :math:`\partial_\theta\nabla_xR` (default ``None``: unknown; [MAID]_)."""
         return None
 
     def mixed_norm_bound(self, x, theta):  # noqa: ARG002
-        """An upper bound on the operator norm of the mixed derivative at ``x`` (``None``: unknown)."""
+        r"""Upper bound on :math:`\|\partial_\theta\nabla_xR(x)\|` at ``x`` (default ``None``: unknown)."""
         return None
 
     def mixed_lipschitz_at(self, x, theta, radius):  # noqa: ARG002
-        """Lipschitz constant in ``x`` of the mixed derivative on the ball of ``radius`` around ``x``.
+        """Lipschitz constant of the mixed derivative on the ball of ``radius`` around ``x``.
 
         Default: :meth:`mixed_lipschitz` (a global constant, or ``None``).
         """
         return self.mixed_lipschitz(theta)
 
     def grad_error_bound(self, x, theta):  # noqa: ARG002
-        """A bound on the rounding error of ``grad(x, theta)`` in Euclidean norm (``None``: unknown).
+        """A bound on the rounding error of ``grad(x, theta)`` in Euclidean norm (default ``None``: unknown).
 
         See :meth:`varlearn.problems.base.LowerProblem.grad_error_bound`.
         """
@@ -92,8 +179,7 @@ class Regularizer:
 
     def describe(self, theta) -> dict:
         """θ in natural units (e.g. weight and smoothing) as a JSON-friendly dict."""
-        t = np.asarray(_host(theta), dtype=float)
-        return {"theta": t.tolist()}
+        return {"theta": np.asarray(to_numpy(theta), dtype=float).tolist()}
 
     def __add__(self, other):
         if not isinstance(other, Regularizer):
@@ -107,55 +193,24 @@ class Regularizer:
 
 
 def _host(a):
-    from ..backend import to_numpy
-
     return to_numpy(a)
 
 
-def potential_grad_error(lam, d1_max, d2_max, row_l1, col_l1, n_terms, x, dtype):
-    r"""First-order rounding bound of :math:`\nabla R = \sum_i\lambda_iK_i^T\varphi_i'(K_ix)` (Euclidean norm).
-
-    For each term ``i`` (arrays over the terms): :math:`K_ix` is a sum of at
-    most ``n_terms`` products, off by :math:`\gamma\,r_i\|x\|_\infty` with ``r_i =
-    row_l1`` (the largest absolute row sum of :math:`K_i`); :math:`\varphi'` is
-    ``d2_max``-Lipschitz and bounded by :math:`D_i = \min(d1\_max, d2\_max\,r_i\|x\|_\infty)`
-    and is evaluated with relative error at most 4u; the adjoint sums at most
-    ``c_i = col_l1`` (absolute column sum) times ``n_terms`` terms.  Per pixel
-    the error is at most
-    :math:`\sum_i\lambda_ic_i[(\gamma_{2k} + 4u)D_i + \gamma_{k}d2\_max\,r_i\|x\|_\infty]`, doubled for
-    boundary folds, times :math:`\sqrt{\text{pixels}}` for the Euclidean norm.
-    """
-    from ..problems.base import gamma
-
-    xp = get_namespace(x)
-    u = float(np.finfo(dtype).eps) / 2.0
-    xinf = float(xp.abs(x).max()) if x.size else 0.0
-    lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
-    d2 = np.atleast_1d(np.asarray(d2_max, dtype=np.float64))
-    r = np.atleast_1d(np.asarray(row_l1, dtype=np.float64))
-    c = np.atleast_1d(np.asarray(col_l1, dtype=np.float64))
-    d1 = np.minimum(np.atleast_1d(np.asarray(d1_max, dtype=np.float64)), d2 * r * xinf * (1.0 + 4.0 * u))
-    g1, g2 = gamma(n_terms + 2, dtype), gamma(2 * n_terms + 4, dtype)
-    per_pixel = float(np.sum(lam * c * ((g2 + 4.0 * u) * d1 + g1 * d2 * r * xinf)))
-    return 2.0 * per_pixel * math.sqrt(x.size)
-
-
-def _vdot(a, b):
-    xp = get_namespace(a, b)
-    return xp.vdot(a.ravel(), b.ravel())
-
-
 class PotentialRegularizer(Regularizer):
-    r"""Operator composed with an elementwise potential.
+    r"""Operator composed with a potential.
 
     .. math:: R(x, \theta) = e^{\theta_0} \sum_j \varphi\big((K x)_j;\ e^{\theta_1}\big)
 
     with θ = (log weight, log shape) — or θ = (log weight,) when the potential
     has no shape parameter (:class:`~varlearn.potentials.Quadratic`).  The sum
     runs over the entries of ``K x`` that exist in the operator
-    (:meth:`~varlearn.operators.LinearOperator.output_mask`).  Value,
+    (:meth:`~varlearn.operators.LinearOperator.output_mask`), or over the groups
+    of a group potential (:class:`~varlearn.potentials.GroupSmoothedL1`).  Value,
     gradient, Hessian-vector product, mixed derivative and the bounds all come
-    from the operator and the potential: a user writes no derivative.
+    from :class:`~varlearn.regularizers.composite.Composite`: a user writes no
+    derivative, and a registered (operator, potential) pair runs its fused
+    kernel (``PotentialRegularizer(FiniteDifference(), SmoothedL1())`` is
+    anisotropic TV, kernel included).
 
     Parameters
     ----------
@@ -166,10 +221,7 @@ class PotentialRegularizer(Regularizer):
     """
 
     def __init__(self, operator: LinearOperator, potential: Potential, weight=0.1, shape=0.01):
-        if not isinstance(operator, LinearOperator):
-            raise TypeError(f"operator must be a LinearOperator, got {type(operator).__name__}")
-        if not isinstance(potential, Potential):
-            raise TypeError(f"potential must be a Potential, got {type(potential).__name__}")
+        self.composite = Composite(operator, potential)
         self.operator = operator
         self.potential = potential
         self.default_weight = float(weight)
@@ -186,106 +238,62 @@ class PotentialRegularizer(Regularizer):
         names = ["log_weight", "log_shape"][: self.n_params]
         return [(n, slice(i, i + 1)) for i, n in enumerate(names)]
 
-    def _params(self, theta):
-        xp = get_namespace(theta)
-        lam = xp.exp(theta[0])
-        nu = xp.exp(theta[1]) if self.potential.has_param else None
+    def natural_params(self, theta):
+        """``(lam, nu)`` = (e^θ0, e^θ1) as Python floats (``nu`` None without shape parameter)."""
+        t = _host(theta)
+        if t.shape != (self.n_params,):
+            raise ValueError(f"theta must have shape ({self.n_params},), got shape {t.shape}")
+        lam = math.exp(float(t[0]))
+        nu = math.exp(float(t[1])) if self.n_params == 2 else None
         return lam, nu
 
     def value(self, x, theta):
-        xp = get_namespace(x, theta)
-        lam, nu = self._params(theta)
-        phi = self.potential.value(self.operator.apply(x), nu)
-        mask = self.operator.output_mask(x.shape, xp)
-        if mask is not None:
-            phi = phi * mask.astype(phi.dtype)
-        return lam * xp.sum(phi)
+        return self.composite.value(x, *self.natural_params(theta))
 
     def grad(self, x, theta):
-        lam, nu = self._params(theta)
-        return lam * self.operator.adjoint(self.potential.d1(self.operator.apply(x), nu))
+        return self.composite.grad(x, *self.natural_params(theta))
 
     def hvp(self, x, theta, v):
-        lam, nu = self._params(theta)
-        op = self.operator
-        return lam * op.adjoint(self.potential.d2(op.apply(x), nu) * op.apply(v))
+        return self.composite.hvp(x, *self.natural_params(theta), v)
+
+    def fused_grad(self, x, theta, y=None, data_w=0.0, *, x_prev=None, beta=0.0, step=None, out=None):
+        lam, nu = self.natural_params(theta)
+        return self.composite.fused_grad(x, lam, nu, y, data_w, x_prev=x_prev, beta=beta, step=step, out=out)
+
+    def fused_hvp(self, x, theta, v, data_w=0.0, *, out=None):
+        return self.composite.fused_hvp(x, *self.natural_params(theta), v, data_w, out=out)
 
     def mixed_vjp(self, x, theta, w):
+        # theta = (log lam, log nu): d/dtheta_0 = lam d/dlam, d/dtheta_1 = nu d/dnu
         xp = get_namespace(x, theta, w)
-        lam, nu = self._params(theta)
-        op = self.operator
-        t = op.apply(x)
-        kw = op.apply(w)
-        out = [lam * xp.sum(self.potential.d1(t, nu) * kw)]
-        if self.potential.has_param:
-            out.append(lam * nu * xp.sum(self.potential.d1_dnu(t, nu) * kw))
-        return xp.stack(out).astype(theta.dtype)
-
-    def _natural(self, theta):
-        t = _host(theta)
-        lam = math.exp(float(t[0]))
-        nu = math.exp(float(t[1])) if self.potential.has_param else None
-        return lam, nu
+        lam, nu = self.natural_params(theta)
+        d_lam, d_nu, _ = self.composite.mixed(x, lam, nu, w)
+        parts = [lam * d_lam] + ([] if nu is None else [nu * d_nu])
+        return xp.stack(parts).astype(theta.dtype)
 
     def lipschitz(self, theta):
-        lam, nu = self._natural(theta)
-        return lam * self.potential.d2_max(nu) * self.operator.norm_bound() ** 2
+        return self.composite.lipschitz(*self.natural_params(theta))
 
     def convexity(self, theta):
-        lam, nu = self._natural(theta)
-        lo = self.potential.d2_min(nu)
-        return 0.0 if lo >= 0 else lam * lo * self.operator.norm_bound() ** 2
+        return self.composite.convexity(*self.natural_params(theta))
 
     def hessian_lipschitz(self, theta):
-        # |phi''(Kx) - phi''(Kx')|_inf <= d3_max ||K (x - x')||_inf <= d3_max ||K|| ||x - x'||
-        lam, nu = self._natural(theta)
-        c = self.potential.d3_max(nu)
-        if not math.isfinite(c):
-            return None  # phi'' is not Lipschitz (e.g. Huber): no bound; the hypergradient estimates one
-        return lam * c * self.operator.norm_bound() ** 3
+        return self.composite.hessian_lipschitz(*self.natural_params(theta))
 
     def mixed_norm_bound(self, x, theta):
         """Frobenius norm of the (one or two) columns of the mixed derivative, computed exactly."""
-        xp = get_namespace(x, theta)
-        lam, nu = self._params(theta)
-        op = self.operator
-        t = op.apply(x)
-        c0 = lam * op.adjoint(self.potential.d1(t, nu))
-        total = float(xp.vdot(c0.ravel(), c0.ravel()))
-        if self.potential.has_param:
-            c1 = (lam * nu) * op.adjoint(self.potential.d1_dnu(t, nu))
-            total += float(xp.vdot(c1.ravel(), c1.ravel()))
-        return math.sqrt(total)
-
-    def grad_error_bound(self, x, theta):
-        """:func:`potential_grad_error` with the absolute row and column sums of ``K`` bounded by
-        ``norm_bound()**2`` (true for :class:`~varlearn.operators.Identity` (1) and
-        :class:`~varlearn.operators.FiniteDifference` (2 and 4, against 8)); ``None`` for
-        other operators."""
-        from ..operators import FiniteDifference
-
-        if not isinstance(self.operator, (Identity, FiniteDifference)):
-            return None
-        lam, nu = self._natural(theta)
-        nb2 = self.operator.norm_bound() ** 2
-        return potential_grad_error(lam, self.potential.d1_max(nu), self.potential.d2_max(nu), nb2, nb2, 2, x,
-                                    x.dtype)
+        return self.composite.mixed_norm_bound(x, *self.natural_params(theta))
 
     def mixed_lipschitz(self, theta):
-        # column log-weight: lam K^T phi'(Kx)          -> lam ||K||^2 sup phi''
-        # column log-shape:  lam nu K^T dphi'/dnu (Kx) -> lam nu ||K||^2 sup |d phi''/dnu|
-        lam, nu = self._natural(theta)
-        k2 = self.operator.norm_bound() ** 2
-        c0 = lam * k2 * self.potential.d2_max(nu)
-        if nu is None:
-            return c0
-        c1 = lam * nu * k2 * self.potential.d2_dnu_max(nu)
-        if not math.isfinite(c1):
-            return None  # d phi'/d nu is not Lipschitz (e.g. Huber): no constant to claim
-        return math.hypot(c0, c1)
+        return self.composite.mixed_lipschitz(*self.natural_params(theta))
+
+    def grad_error_bound(self, x, theta):
+        """:meth:`~varlearn.regularizers.composite.Composite.grad_error_bound` (None for operators
+        without :meth:`~varlearn.operators.LinearOperator.rounding_constants`)."""
+        return self.composite.grad_error_bound(x, *self.natural_params(theta))
 
     def describe(self, theta):
-        lam, nu = self._natural(theta)
+        lam, nu = self.natural_params(theta)
         d = {"weight": lam}
         if nu is not None:
             d["shape"] = nu
@@ -306,12 +314,17 @@ class Tikhonov(PotentialRegularizer):
         super().__init__(Identity() if operator is None else operator, Quadratic(), weight=weight)
 
     def convexity(self, theta):
+        # the Hessian is lam K^T K: lam for the identity, >= 0 otherwise
         if isinstance(self.operator, Identity):
-            return self._natural(theta)[0]
+            return self.natural_params(theta)[0]
         return 0.0
 
     def __repr__(self):
         return f"Tikhonov({self.operator!r})"
+
+
+def _combine_sqrt(vals):
+    return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
 
 
 class SumRegularizer(Regularizer):
@@ -329,6 +342,9 @@ class SumRegularizer(Regularizer):
             start += t.n_params
         self.n_params = start
 
+    def _parts(self, theta):
+        return [(t, theta[s]) for t, s in zip(self.terms, self._slices)]
+
     def init_params(self, rng=None):
         return np.concatenate([t.init_params(rng) for t in self.terms])
 
@@ -340,53 +356,66 @@ class SumRegularizer(Regularizer):
         return out
 
     def value(self, x, theta):
-        return sum(t.value(x, theta[s]) for t, s in zip(self.terms, self._slices))
+        return sum(t.value(x, th) for t, th in self._parts(theta))
 
     def grad(self, x, theta):
-        return sum(t.grad(x, theta[s]) for t, s in zip(self.terms, self._slices))
+        return sum(t.grad(x, th) for t, th in self._parts(theta))
 
     def hvp(self, x, theta, v):
-        return sum(t.hvp(x, theta[s], v) for t, s in zip(self.terms, self._slices))
+        return sum(t.hvp(x, th, v) for t, th in self._parts(theta))
+
+    def fused_grad(self, x, theta, y=None, data_w=0.0, *, x_prev=None, beta=0.0, step=None, out=None):
+        # the first term takes the data term (its fused pass), the others add their gradients
+        z = x if (x_prev is None or beta == 0) else x + beta * (x - x_prev)
+        parts = self._parts(theta)
+        g, _ = parts[0][0].fused_grad(z, parts[0][1], y, data_w)
+        for t, th in parts[1:]:
+            g = g + t.grad(z, th)
+        return gradient_step(z, g, step, out), norm64(g)
+
+    def fused_hvp(self, x, theta, v, data_w=0.0, *, out=None):
+        parts = self._parts(theta)
+        h = parts[0][0].fused_hvp(x, parts[0][1], v, data_w)
+        for t, th in parts[1:]:
+            h = h + t.hvp(x, th, v)
+        return gradient_step(x, h, None, out)
 
     def mixed_vjp(self, x, theta, w):
         xp = get_namespace(x, theta)
-        return xp.concatenate([t.mixed_vjp(x, theta[s], w) for t, s in zip(self.terms, self._slices)])
+        return xp.concatenate([t.mixed_vjp(x, th, w) for t, th in self._parts(theta)])
 
     def lipschitz(self, theta):
-        return sum(t.lipschitz(theta[s]) for t, s in zip(self.terms, self._slices))
+        return sum(t.lipschitz(th) for t, th in self._parts(theta))
 
     def convexity(self, theta):
-        return sum(t.convexity(theta[s]) for t, s in zip(self.terms, self._slices))
+        return sum(t.convexity(th) for t, th in self._parts(theta))
 
     def lipschitz_is_loose(self, theta):
-        return any(t.lipschitz_is_loose(theta[s]) for t, s in zip(self.terms, self._slices))
+        return any(t.lipschitz_is_loose(th) for t, th in self._parts(theta))
 
     def hessian_lipschitz(self, theta):
-        vals = [t.hessian_lipschitz(theta[s]) for t, s in zip(self.terms, self._slices)]
+        vals = [t.hessian_lipschitz(th) for t, th in self._parts(theta)]
         return None if any(v is None for v in vals) else sum(vals)
 
     def mixed_lipschitz(self, theta):
         # J = [J_1 ... J_m] by column blocks: ||J - J'|| <= sqrt(sum ||J_i - J_i'||^2)
-        vals = [t.mixed_lipschitz(theta[s]) for t, s in zip(self.terms, self._slices)]
-        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+        return _combine_sqrt([t.mixed_lipschitz(th) for t, th in self._parts(theta)])
 
     def mixed_norm_bound(self, x, theta):
-        vals = [t.mixed_norm_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
-        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+        return _combine_sqrt([t.mixed_norm_bound(x, th) for t, th in self._parts(theta)])
 
     def mixed_lipschitz_at(self, x, theta, radius):
-        vals = [t.mixed_lipschitz_at(x, theta[s], radius) for t, s in zip(self.terms, self._slices)]
-        return None if any(v is None for v in vals) else math.sqrt(sum(v * v for v in vals))
+        return _combine_sqrt([t.mixed_lipschitz_at(x, th, radius) for t, th in self._parts(theta)])
 
     def grad_error_bound(self, x, theta):
         # the terms' errors add, plus the rounding of the sum itself (a relative u per addition)
-        vals = [t.grad_error_bound(x, theta[s]) for t, s in zip(self.terms, self._slices)]
+        vals = [t.grad_error_bound(x, th) for t, th in self._parts(theta)]
         if any(v is None for v in vals):
             return None
         return sum(vals) * (1.0 + 2.0 * len(vals) * float(np.finfo(x.dtype).eps))
 
     def describe(self, theta):
-        return {f"term{i}": t.describe(theta[s]) for i, (t, s) in enumerate(zip(self.terms, self._slices))}
+        return {f"term{i}": t.describe(th) for i, (t, th) in enumerate(self._parts(theta))}
 
     def __repr__(self):
         return " + ".join(repr(t) for t in self.terms)
