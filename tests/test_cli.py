@@ -100,7 +100,7 @@ def test_learn_writes_a_complete_run_folder(tiny_run):
     assert params["params"]["weight"] == pytest.approx(np.exp(params["theta"][0]), rel=1e-12)
     assert params["data"]["source"] == "pairs" and params["data"]["names"] == ["im0", "im1"]
     assert params["data"]["shape"] == [24, 24] and params["method"] == "maid"
-    assert params["options"]["max_iter"] == 3 and "numpy" in params["versions"]
+    assert params["options"]["maxiter"] == 3 and "numpy" in params["versions"]
     assert params["psnr"]["learned_mean"] > params["psnr"]["noisy_mean"] + 2
     assert "[0, 1]" in params["psnr"]["convention"] and "no clipping" in params["psnr"]["convention"]
     names = [r["name"] for r in params["psnr"]["per_image"]]
@@ -561,7 +561,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_varlearn_run(pairs16, tmp_path
     assert main(learn_argv(pairs16, run, "--max-iter", "2", "--overwrite", "--quiet")) == 0
     params = json.loads((run / "params.json").read_text())
     assert params["nit"] == 2 and (run / "notes.txt").read_text() == "keep me too"
-    assert json.loads((run / "config.json").read_text())["options"]["max_iter"] == 2 != first["options"]["max_iter"]
+    assert json.loads((run / "config.json").read_text())["options"]["maxiter"] == 2 != first["options"]["maxiter"]
     capsys.readouterr()
 
 
@@ -690,3 +690,111 @@ def test_twelve_bit_images_need_bit_depth(tmp_path, capsys):
     assert main(["denoise", "--params", str(tmp_path / "r"), str(noisy_dir), "--out", str(out), "--bit-depth", "12",
                  "--quiet", "--threads", "1"]) == 0
     assert iio.imread(out / "im0.png").dtype == np.uint16
+
+
+# --------------------------------------------------------------------------- issue 14: --method isgd
+
+ISGD_FAST = ("--threads", "1", "--no-figures")
+
+
+@pytest.fixture
+def pairs4(tmp_path):
+    """Four 16x16 pairs: batches of 2 give two ISGD steps per epoch."""
+    return write_pairs(tmp_path, n=4, size=16, seed=7)
+
+
+def isgd_argv(pairs, out, *extra):
+    clean, noisy = pairs
+    return ["learn", "--clean", str(clean), "--noisy", str(noisy), "--out", str(out), "--method", "isgd", *ISGD_FAST,
+            *extra]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], ["--batch-size", "got 0"]),
+    (["--batch-size", "5"], ["--batch-size 5", "larger", "(4)"]),
+    (["--optimizer", "rmsprop"], ["--optimizer", "rmsprop"]),
+    (["--step-schedule", "cubic"], ["--step-schedule", "cubic"]),
+    (["--eps-schedule", "exp"], ["--eps-schedule", "exp"]),
+    (["--q", "-0.5"], ["--q", "-0.5"]),
+    (["--p", "inf"], ["--p", "inf"]),
+    (["--epochs", "0"], ["--epochs", "got 0"]),
+    (["--image-budget", "0"], ["--image-budget", "got 0"]),
+    (["--checkpoint-every", "0"], ["--checkpoint-every", "got 0"]),
+    (["--checkpoint-interval", "1"], ["--checkpoint-interval", "isgd", "--checkpoint-every"]),
+    (["--max-iter", "0"], ["--max-iter", "got 0"]),
+    (["--step0", "-1"], ["--step0", "-1"]),
+    (["--delta0", "0.1"], ["--delta0", "isgd"]),
+    (["--workers", "0"], ["--workers", "got 0"]),
+    (["--scheduler", "no-such-file"], ["--scheduler", "no-such-file"]),
+    (["--workers", "2", "--scheduler", "tcp://localhost:1"], ["--scheduler", "not allowed with", "--workers"]),
+])
+def test_isgd_bad_arguments(pairs4, tmp_path, capsys, extra, words):
+    _expect_usage_error(capsys, isgd_argv(pairs4, tmp_path / "r", *extra), *words)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "2"], ["--batch-size applies to --method isgd only", "hoag"]),
+    (["--epochs", "2", "--q", "1"], ["--q, --epochs apply to --method isgd only"]),
+    (["--workers", "2"], ["--workers", "isgd", "hoag"]),
+])
+def test_isgd_flags_with_another_method(pairs4, tmp_path, capsys, extra, words):
+    clean, noisy = pairs4
+    argv = ["learn", "--clean", clean, "--noisy", noisy, "--out", tmp_path / "r", "--method", "hoag", *extra]
+    _expect_usage_error(capsys, argv, *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_isgd_run_folder_progress_and_options(pairs4, tmp_path, capsys):
+    run = tmp_path / "r"
+    argv = isgd_argv(pairs4, run, "--batch-size", "2", "--optimizer", "adam", "--step-schedule", "constant",
+                     "--eps-schedule", "log", "--p", "0.25", "--q", "0", "--epochs", "2", "--seed", "3")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    # progress: the epoch and the image-iterations, and where the work ran
+    assert "method isgd, batches of 2, in this process" in err
+    assert "epoch 1" in err and "image-it" in err
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "isgd" and config["execution"] == {"workers": None, "scheduler": None}
+    assert config["options"] == {"seed": 3, "batch_size": 2, "optimizer": "adam", "step_schedule": "constant",
+                                 "q": 0.0, "eps_schedule": "log", "p": 0.25, "max_epochs": 2,
+                                 "step0": cli_learn.stochastic.ADAM_STEP0}
+    params = json.loads((run / "params.json").read_text())
+    assert params["status"] == "maxiter" and params["success"] is False  # the epoch limit (developer.md statuses)
+    assert params["nit"] == params["steps_accepted"] == 4 and params["epoch"] == 2  # 2 epochs of 4 images / 2
+    assert len(params["warnings"]) == 1 and "2 epochs, --epochs" in params["warnings"][0]
+    assert params["options"]["optimizer"] == "adam" and params["options"]["batch_size"] == 2
+    rows = history_rows(run)
+    assert len(rows) == 4 and [int(r["epoch"]) for r in rows] == [0, 0, 1, 1]
+    assert all(int(r["n_images"]) == 2 for r in rows)
+    assert float(rows[-1]["image_cost"]) == params["image_cost"] > float(rows[0]["image_cost"]) > 0
+    assert [float(r["step"]) for r in rows] == [cli_learn.stochastic.ADAM_STEP0] * 4  # constant schedule
+    # the loss written is the full training loss at the final solve, and the run denoised
+    assert params["psnr"]["learned_mean"] > params["psnr"]["noisy_mean"] + 1
+    x_final = json.loads((run / "params.json").read_text())["fun"]
+    assert x_final > 0 and "fun_batch" in params
+
+
+def test_isgd_interrupt_then_resume_matches_an_uninterrupted_run(pairs4, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after step 5 of 6 (checkpoint at step 4), --resume: the same θ bit for bit, the same costs."""
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    common = ("--batch-size", "2", "--epochs", "3", "--checkpoint-every", "2", "--quiet")
+    on_iteration(monkeypatch, 5, ctrl_c)
+    assert main(isgd_argv(pairs4, cut, *common)) == 130
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and f"varlearn learn --resume {cut}" in lines[0]
+    assert load_checkpoint(cut / "checkpoint.npz")[0]["k"] == 4 and not (cut / "params.json").exists()
+    monkeypatch.undo()
+    _expect_usage_error(capsys, ["learn", "--resume", cut, "--batch-size", "1"], "--batch-size", "cannot be changed")
+    assert main(["learn", "--resume", str(cut), *ISGD_FAST, "--quiet"]) == 0
+    assert main(isgd_argv(pairs4, full, *common)) == 0
+    resumed, uninterrupted = (json.loads((r / "params.json").read_text()) for r in (cut, full))
+    assert resumed["nit"] == uninterrupted["nit"] == 6
+    assert resumed["theta"] == uninterrupted["theta"]
+    assert resumed["image_cost"] == uninterrupted["image_cost"]
+    assert [r["image_cost"] for r in history_rows(cut)] == [r["image_cost"] for r in history_rows(full)]
+    # more epochs on resume: the run continues where it stopped
+    assert main(["learn", "--resume", str(cut), "--epochs", "4", *ISGD_FAST, "--quiet"]) == 0
+    more = json.loads((cut / "params.json").read_text())
+    assert more["nit"] == 8 and more["epoch"] == 4 and more["theta"] != resumed["theta"]
+    assert json.loads((cut / "config.json").read_text())["options"]["max_epochs"] == 4

@@ -38,8 +38,7 @@ FINAL_MAXITER = 20000
 #: statuses that can mean "the requested accuracy was met" (when ``result.success`` says so)
 MET_STATUSES = ("gradient_tol", "accuracy_floor")
 #: statuses that mean "a limit the user set stopped the run", with the flag that sets it
-LIMIT_FLAGS = {"maxiter": "--max-iter", "budget_exhausted": "--budget", "time_limit": "--time-limit",
-               "max_epochs": "--epochs"}
+LIMIT_FLAGS = {"maxiter": "--max-iter", "budget_exhausted": "--budget", "time_limit": "--time-limit"}
 #: how the PSNRs are computed (written to params.json and said in the summary)
 PSNR_CONVENTION = ("PSNR = 10 log10(1 / MSE) per image (varlearn.metrics.psnr_per_image), images in [0, 1], "
                    "no clipping: the noisy and denoised values are compared as computed, values outside [0, 1] "
@@ -106,12 +105,14 @@ def outcome(res):
         flag = LIMIT_FLAGS[status]
         if status == "budget_exhausted":
             limit, flag = _budget_limit(o)
+        elif status == "maxiter" and res.get("epoch") is not None and res["epoch"] >= o.get("max_epochs", math.inf):
+            limit, flag = f"{o['max_epochs']} epochs", "--epochs"  # ISGD's epoch limit has the status maxiter
         else:
-            limit = {"maxiter": f"{maxiter} outer iterations", "max_epochs": f"{o.get('max_epochs')} epochs",
+            limit = {"maxiter": f"{maxiter} outer iterations",
                      "time_limit": f"a time limit of {o.get('time_limit'):g} s"}[status]
-        what = ("ISGD has no stopping test of its own, so every run ends on a limit"
-                if res.get("method") == "isgd" else "before meeting the requested accuracy")
-        lines.append(f"the run stopped on a limit ({status}: {limit}, {flag}) {what}; the result may not be "
+        what = ("; ISGD has no stopping test of its own, so every run ends on a limit"
+                if res.get("method") == "isgd" else " before meeting the requested accuracy")
+        lines.append(f"the run stopped on a limit ({status}: {limit}, {flag}){what}; the result may not be "
                      f"converged (look at the loss in history.csv or figures/loss.png, or continue with --resume "
                      f"and a larger {flag})")
     elif status == "accuracy_floor" and not success:

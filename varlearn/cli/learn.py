@@ -39,7 +39,7 @@ DESCRIPTION = (
 DEFAULT_MAX_ITER = 30
 METHODS = ("maid", "hoag", "fixed", "isgd")
 #: the name of the outer-iteration limit among the methods' options (docs/developer.md's naming table)
-MAXITER = "maxiter" if "maxiter" in bilevel.DEFAULTS["maid"] else "max_iter"
+MAXITER = "maxiter"
 #: first step size of MAID / fixed / ISGD-with-SGD per model for 96x96 images (MAID adapts it)
 DEFAULT_STEP0 = {"tv": 0.05, "foe": 0.005}
 #: ``learn`` options that may be given again with ``--resume`` (they do not change the problem)
@@ -130,7 +130,7 @@ def _options(args, method, model, seed) -> dict:
             opts["max_epochs"] = stochastic.DEFAULT_EPOCHS
         if args.checkpoint_interval is not None:
             raise CliError("--checkpoint-interval does not apply to --method isgd (it saves checkpoint.npz every "
-                           "10 steps and at the end)")
+                           "--checkpoint-every K steps, default 10, and at the end)")
     else:
         stochastic.refuse(args, method, bilevel.DEFAULTS[method])
         if args.image_budget is not None:
@@ -228,7 +228,8 @@ def _resume_config(args):
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise CliError(f"--resume: {flags} cannot be changed when resuming (the run's {runfolder.CONFIG_FILE} "
                        f"fixes them); only --max-iter, --budget, --time-limit, --checkpoint-interval, --backend "
-                       f"and, for isgd, --epochs, --image-budget, --workers, --scheduler may be given")
+                       f"and, for isgd, --epochs, --image-budget, --checkpoint-every, --workers, --scheduler may be "
+                       f"given")
     if args.overwrite:
         raise CliError("--resume and --overwrite exclude each other")
     runfolder.remove_stale_temps(run)
@@ -236,7 +237,7 @@ def _resume_config(args):
     if cfg["method"] != "isgd":
         stochastic.refuse(args, cfg["method"], bilevel.DEFAULTS.get(cfg["method"], {}))
     elif args.checkpoint_interval is not None:
-        raise CliError("--checkpoint-interval does not apply to --method isgd")
+        raise CliError("--checkpoint-interval does not apply to --method isgd (use --checkpoint-every K steps)")
     stochastic.resume_overrides(args, cfg["options"])
     cfg["execution"] = stochastic.execution(args, cfg.get("execution"))
     for name in ("max_iter", "budget", "time_limit", "checkpoint_interval"):
@@ -371,7 +372,7 @@ def _optimise(args, s):
     except KeyboardInterrupt as exc:
         history.write()
         kept = (f"the checkpoint {s['checkpoint']} and history.csv are kept"
-                if s["checkpoint"].exists() else "no outer iteration had finished")
+                if s["checkpoint"].exists() else "no checkpoint had been written yet")
         raise Interrupted(f"{kept}; continue with: varlearn learn --resume {run}", exc) from None
     except CheckpointError as exc:
         raise CliError(str(exc)) from exc

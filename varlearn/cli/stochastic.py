@@ -28,11 +28,11 @@ from .errors import CliError
 #: ``--method isgd`` option -> flag (the option names of stochastic-spec §4.2)
 ISGD_FLAGS = {"batch_size": "--batch-size", "optimizer": "--optimizer", "step_schedule": "--step-schedule",
               "q": "--q", "eps_schedule": "--eps-schedule", "p": "--p", "max_epochs": "--epochs",
-              "image_budget": "--image-budget"}
+              "image_budget": "--image-budget", "checkpoint_every": "--checkpoint-every"}
 #: ``learn`` attribute -> isgd option, for the flags that only ``--method isgd`` takes
 _ARG_TO_OPTION = {"batch_size": "batch_size", "optimizer": "optimizer", "step_schedule": "step_schedule",
                   "q": "q", "eps_schedule": "eps_schedule", "p": "p", "epochs": "max_epochs",
-                  "image_budget": "image_budget"}
+                  "image_budget": "image_budget", "checkpoint_every": "checkpoint_every"}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "poly", "log")
 #: images per step when --batch-size is not given (at most the number of images)
@@ -42,7 +42,7 @@ DEFAULT_EPOCHS = 30
 #: first Adam step in θ units (Adam's steps do not scale with the gradient, so no size scaling)
 ADAM_STEP0 = 0.05
 #: ``learn`` attributes whose options may change on ``--resume`` (limits, not the problem)
-RESUME_OVERRIDES = ("epochs", "image_budget")
+RESUME_OVERRIDES = ("epochs", "image_budget", "checkpoint_every")
 EXECUTION_FLAGS = {"workers": "--workers", "scheduler": "--scheduler"}
 
 
@@ -63,6 +63,8 @@ def add_arguments(lp):
                         f"given)")
     g.add_argument("--image-budget", type=float, metavar="N",
                    help="stop after N image-iterations (one FISTA or CG iteration on one image counts 1)")
+    g.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="save checkpoint.npz every K steps (default 10) and at the end")
     g = lp.add_argument_group("where the per-image solves run (varlearn[dask]; default: in this process)")
     ex = g.add_mutually_exclusive_group()
     ex.add_argument("--workers", type=int, metavar="N",
@@ -121,6 +123,8 @@ def options(args):
         opts["max_epochs"] = positive_int("--epochs", args.epochs)
     if args.image_budget is not None:
         opts["image_budget"] = positive_float("--image-budget", args.image_budget, allow_inf=True)
+    if args.checkpoint_every is not None:
+        opts["checkpoint_every"] = positive_int("--checkpoint-every", args.checkpoint_every)
     return opts
 
 
@@ -137,6 +141,8 @@ def resume_overrides(args, opts):
         opts["max_epochs"] = positive_int("--epochs", args.epochs)
     if args.image_budget is not None:
         opts["image_budget"] = positive_float("--image-budget", args.image_budget, allow_inf=True)
+    if args.checkpoint_every is not None:
+        opts["checkpoint_every"] = positive_int("--checkpoint-every", args.checkpoint_every)
 
 
 def fit_to_data(opts, n_images):
