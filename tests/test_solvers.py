@@ -7,6 +7,7 @@ from scipy.optimize import minimize
 
 import varlearn as vl
 from varlearn.results import ConvergenceWarning
+from varlearn.solvers import CG, FISTA, solve_lower
 
 
 def _tv(rng, iso=True, n=2, size=14, xp=np):
@@ -171,3 +172,181 @@ def test_cg_reports_nonconvergence_and_indefiniteness(rng):
     assert res.status == "indefinite"
     with pytest.raises(ValueError, match="tol must be > 0"):
         vl.cg(lambda v: A @ v, b, -1.0)
+
+
+# ---------------------------------------------------------------- one step path, solver objects, callbacks
+def _cp16_reference(prob, theta, x0, L, mu, n_iter):
+    """FISTA of Chambolle & Pock (2016, §4.7) written out plainly: the iterates x_1..x_n."""
+    x, x_prev, t, q, out = x0.copy(), x0.copy(), 1.0, mu / L, []
+    for _ in range(n_iter):
+        t_new = 0.5 * (1 - q * t * t + np.sqrt((1 - q * t * t) ** 2 + 4 * t * t))
+        beta = (t - 1) * (1 - t_new * q) / (t_new * (1 - q))
+        z = x + beta * (x - x_prev)
+        x_prev, x, t = x, z - prob.grad(z, theta) / L, t_new
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("iso", [True, False])
+def test_one_step_path_matches_the_plain_iteration(iso, accel, rng):
+    """Fixed step (one fused pass) and backtracking (own z, no L change) give FISTA's iterates to rounding."""
+    prob = _tv(rng, iso, n=2, size=12)
+    theta = np.array([-2.0, -4.0])
+    L, mu = prob.lipschitz(theta), prob.strong_convexity(theta)
+    ref = _cp16_reference(prob, theta, prob.noisy, L, mu, 30)
+    scale = np.linalg.norm(prob.noisy)
+    for bt in (False, True):
+        seen = []
+        with pytest.warns(ConvergenceWarning, match="maxiter"):
+            res = FISTA(maxiter=30, backtracking=bt).solve(
+                prob, theta, 1e-14, L0=L, callback=lambda r, seen=seen: seen.append(r.x.copy()))
+        assert len(seen) == 30 and res.L == L and res.n_backtracks == 0
+        for k, (a, b) in enumerate(zip(seen, ref)):
+            assert np.linalg.norm(a - b) <= 1e-13 * scale, (bt, k, np.linalg.norm(a - b))
+        np.testing.assert_array_equal(res.x, seen[-1])
+
+
+class _Counting:
+    """Counts the gradients a solver asks of a problem (fused or not)."""
+
+    def __init__(self, prob):
+        self.prob, self.n = prob, 0
+
+    def __getattr__(self, name):
+        return getattr(self.prob, name)
+
+    def grad(self, x, theta):
+        self.n += 1
+        return self.prob.grad(x, theta)
+
+    def fused_grad(self, x, theta, **kw):
+        self.n += 1
+        return self.prob.fused_grad(x, theta, **kw)
+
+
+def test_nit_counts_every_gradient_and_backtracking_certifies_without_a_second_one(rng):
+    prob = _tv(rng)
+    theta = np.array([-2.0, -3.0])
+    for bt in (False, True):
+        c = _Counting(prob)
+        res = solve_lower(c, theta, 1e-6, backtracking=bt)
+        assert res.success and res.nit == c.n
+    # both reach the tolerance; the fixed step spends one gradient to form z at the end
+    ref = solve_lower(prob, theta, 1e-10)
+    for bt in (False, True):
+        assert np.linalg.norm(solve_lower(prob, theta, 1e-6, backtracking=bt).x - ref.x) <= 1e-6
+
+
+def test_solver_objects_validate_options_and_match_the_front_doors(rng):
+    with pytest.raises(TypeError, match="max_iter"):
+        FISTA(max_iter=5)
+    with pytest.raises(ValueError, match="maxiter must be >= 1, got 0"):
+        FISTA(maxiter=0)
+    with pytest.raises(TypeError, match="maxiter must be an integer, got 2.5"):
+        CG(maxiter=2.5)
+    with pytest.raises(ValueError, match="backtracking must be True, False or 'auto', got 'yes'"):
+        FISTA(backtracking="yes")
+    solver = FISTA(maxiter=500)
+    with pytest.raises(AttributeError):
+        solver.maxiter = 3  # options are fixed at construction
+    assert repr(solver) == "FISTA(maxiter=500, backtracking='auto')"
+    prob = _tv(rng)
+    theta = np.array([-2.0, -3.0])
+    a, b = solver.solve(prob, theta, 1e-5), solve_lower(prob, theta, 1e-5, maxiter=500)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert (a.nit, a.distance_bound, a.status) == (b.nit, b.distance_bound, b.status)
+    A = _spd(rng)
+    rhs = rng.randn(30)
+    r1, r2 = CG(maxiter=100).solve(lambda v: A @ v, rhs, 1e-9), vl.cg(lambda v: A @ v, rhs, 1e-9, maxiter=100)
+    np.testing.assert_array_equal(r1.x, r2.x)
+    assert (r1.nit, r1.residual_norm) == (r2.nit, r2.residual_norm)
+
+
+def test_callback_gets_intermediate_results_and_stops_like_maxiter(rng):
+    prob = _tv(rng)
+    theta = np.array([-2.0, -5.0])
+    seen = []
+
+    def stop_at_7(res):
+        seen.append((res.nit, res.grad_norm, res.L, res.x.copy()))
+        if len(seen) == 7:
+            raise StopIteration
+
+    with pytest.warns(ConvergenceWarning, match="callback_stop"):
+        res = solve_lower(prob, theta, 1e-12, callback=stop_at_7)
+    assert res.status == "callback_stop" and not res.success
+    assert [s[0] for s in seen] == list(range(2, 9))  # the start point's gradient, then one per step
+    with pytest.warns(ConvergenceWarning, match="maxiter"):
+        capped = solve_lower(prob, theta, 1e-12, maxiter=7)
+    np.testing.assert_array_equal(res.x, capped.x)
+    np.testing.assert_array_equal(seen[-1][3], capped.x)
+    assert res.nit == capped.nit and res.distance_bound == capped.distance_bound
+    assert all(np.isfinite(s[1]) and s[2] == prob.lipschitz(theta) for s in seen)
+
+
+def test_old_three_argument_callback_still_works_with_a_deprecation_warning(rng):
+    prob = _tv(rng)
+    theta = np.array([-2.0, -5.0])
+    old, new = [], []
+    with pytest.warns(DeprecationWarning, match=r"callback\(k, x, grad_norm\) is deprecated"):
+        with pytest.warns(ConvergenceWarning):
+            solve_lower(prob, theta, 1e-12, maxiter=5, callback=lambda k, x, g: old.append((k, x.copy(), g)))
+    with pytest.warns(ConvergenceWarning):
+        solve_lower(prob, theta, 1e-12, maxiter=5, callback=lambda *r: new.append(r))  # *args: the new form
+    assert [o[0] for o in old] == list(range(5))
+    assert all(len(r) == 1 and r[0].grad_norm == o[2] for r, o in zip(new, old))
+    np.testing.assert_array_equal(old[0][1], prob.noisy)  # the iterate before the step
+    np.testing.assert_array_equal(old[3][1], new[2][0].x)
+    with pytest.raises(TypeError, match="callback must be callable or None, got int"):
+        solve_lower(prob, theta, 1e-3, callback=3)
+
+
+def test_cg_callback_and_stop(rng):
+    A = _spd(rng, cond=1e4)
+    b = rng.randn(30)
+    seen = []
+
+    def cb(res):
+        seen.append((res.nit, res.residual_norm))
+        assert res.grad_norm == res.residual_norm
+        if len(seen) == 4:
+            raise StopIteration
+
+    with pytest.warns(ConvergenceWarning, match="callback_stop"):
+        res = vl.cg(lambda v: A @ v, b, 1e-12, callback=cb)
+    assert [s[0] for s in seen] == [1, 2, 3, 4] and res.status == "callback_stop" and not res.success
+    assert res.nit == 5  # the closing true-residual product
+    assert res.residual_norm == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-12)
+    with pytest.warns(ConvergenceWarning, match="maxiter"):
+        capped = vl.cg(lambda v: A @ v, b, 1e-12, maxiter=4)
+    np.testing.assert_array_equal(res.x, capped.x)
+
+
+def test_wall_time_and_the_deprecated_time_key(rng):
+    prob = _tv(rng)
+    res = solve_lower(prob, np.array([-2.0, -3.0]), 1e-4)
+    assert res.wall_time > 0 and "time" not in res
+    with pytest.warns(DeprecationWarning, match="'time' is deprecated; use 'wall_time'"):
+        assert res.time == res.wall_time
+    with pytest.warns(DeprecationWarning, match="'time' is deprecated"):
+        assert res["time"] == res.wall_time
+    with pytest.raises(AttributeError):
+        res.no_such_key  # noqa: B018
+
+
+def test_generic_fused_grad_of_a_problem_without_a_kernel(rng):
+    """LowerProblem.fused_grad's default: the C4 semantics from grad(), for any problem."""
+    A, B, b = rng.randn(20, 6), rng.randn(20, 2), rng.randn(20)
+    prob = vl.QuadraticProblem(A, B, b)
+    theta = np.array([0.3, -0.2])
+    x, x_prev = rng.randn(6), rng.randn(6)
+    z = x + 0.4 * (x - x_prev)
+    g = prob.grad(z, theta)
+    out, gn = prob.fused_grad(x, theta, x_prev=x_prev, beta=0.4, step=0.1)
+    np.testing.assert_allclose(out, z - 0.1 * g, rtol=1e-14)
+    assert gn == pytest.approx(np.linalg.norm(g), rel=1e-14)
+    buf = np.empty(6)
+    out, gn = prob.fused_grad(x, theta, out=buf)
+    assert out is buf and np.array_equal(buf, prob.grad(x, theta))
+    with pytest.raises(TypeError, match="abstract"):
+        vl.LowerProblem()
