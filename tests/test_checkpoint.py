@@ -61,7 +61,7 @@ def _run(tmp_path, max_iter=2):
     prob = vl.DenoisingProblem(clean + 0.1 * rng.randn(*clean.shape), vl.TotalVariation())
     U = vl.SquaredError(clean)
     ck = tmp_path / "run.npz"
-    vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": max_iter}, checkpoint=ck)
+    vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"maxiter": max_iter}, checkpoint=ck)
     return prob, U, ck
 
 
@@ -89,14 +89,14 @@ def test_edited_metadata_is_refused_by_the_checksum(tmp_path):
     with pytest.raises(CheckpointError, match="metadata checksum does not match"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="metadata checksum"):
-        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"max_iter": 4}, resume=bad)
+        vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"maxiter": 4}, resume=bad)
 
 
 def _set_row(i, key, value):
     return lambda m: m["history"][i].update({key: value})
 
 
-@pytest.mark.parametrize("edit,match", [
+_MAID_EDITS = [
     (lambda m: m.update(k=-3), "field 'k' must be an integer >= 0, got -3"),
     (lambda m: m.update(k=2.5), "field 'k'"),
     (lambda m: m.update(n_lower=-1), "field 'n_lower'"),
@@ -110,9 +110,34 @@ def _set_row(i, key, value):
     (_set_row(1, "iter", 7), r"'history\[1\].iter' is 7, expected 1"),
     (_set_row(2, "cost", -10), r"'history\[2\].cost' must be an integer >= 0"),
     (lambda m: m.update(n_params=3), "array 'theta' has shape \\(2,\\), expected \\(3,\\)"),
-])
-def test_invalid_metadata_fields_are_named(tmp_path, edit, match):
-    _, _, ck = _run(tmp_path)
+]
+
+
+def _set_counter(name, value):
+    return lambda m: m["counters"].update({name: value})
+
+
+_ISGD_EDITS = [
+    (lambda m: m.update(k=-1), "field 'k' must be an integer >= 0, got -1"),
+    (lambda m: m.update(epoch=1.5), "field 'epoch'"),
+    (_set_counter("image_cg_iter", -4), "field 'counters' must be a JSON object of integers >= 0"),
+    (lambda m: m["counters"].pop("eval_cost"), "field 'counters'"),
+    (lambda m: m.update(fingerprint="abc"), "field 'fingerprint' must be a SHA-256 hex digest"),
+    (lambda m: m["sampler"].pop("bit_generator"), "field 'sampler'"),
+    (lambda m: m.update(schedules={"step": {}}), "field 'schedules'"),
+    (lambda m: m.update(warm_saved="yes"), "field 'warm_saved'"),
+    (lambda m: m.pop("evaluations"), "field 'evaluations' is missing"),
+    (lambda m: m.update(k=7), "'history' has 3 rows, expected k = 7"),
+    (_set_row(2, "iter", 0), r"'history\[2\].iter' is 0, expected 2"),
+    (lambda m: m.update(adam_t=0), "'adam_m' and 'adam_v' must be present exactly when adam_t > 0"),
+    (lambda m: m.update(x_shape=[4, 12, 12]), r"array 'sampler_perm' has shape \(5,\), expected \(4,\)"),
+    (lambda m: m.update(n_params=3), r"array 'theta' has shape \(2,\), expected \(3,\)"),
+]
+
+
+@pytest.mark.parametrize("method,edit,match", [("maid", *e) for e in _MAID_EDITS] + [("isgd", *e) for e in _ISGD_EDITS])
+def test_invalid_metadata_fields_are_named(tmp_path, method, edit, match):
+    _, _, ck = (_run if method == "maid" else _isgd_run)(tmp_path)
     bad = _rewrite(ck, tmp_path / "bad.npz", edit, fix_checksum=True)
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(bad)
@@ -154,7 +179,54 @@ def test_budget_inside_the_first_iteration_checkpoints_and_resumes(tmp_path):
     assert first.status == "budget_exhausted" and not first.success and first.nit == 0
     meta, _ = load_checkpoint(ck)
     assert meta["k"] == 0 and meta["history"] == []
-    resumed = vl.minimize_bilevel(prob, U, theta0, options={"budget": math.inf, "max_iter": 2}, resume=ck)
-    straight = vl.minimize_bilevel(prob, U, theta0, options={"max_iter": 2})
+    resumed = vl.minimize_bilevel(prob, U, theta0, options={"budget": math.inf, "maxiter": 2}, resume=ck)
+    straight = vl.minimize_bilevel(prob, U, theta0, options={"maxiter": 2})
     assert resumed.nit == straight.nit == 2
     np.testing.assert_allclose(resumed.theta, straight.theta, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------- ISGD checkpoints
+def _isgd_run(tmp_path, **opts):
+    from varlearn.bilevel.isgd import ISGD
+
+    rng = np.random.RandomState(5)
+    clean = np.stack([np.tri(12) * (0.5 + 0.1 * k) for k in range(5)])
+    prob = vl.DenoisingProblem(clean + 0.1 * rng.randn(*clean.shape), vl.TotalVariation(isotropic=False))
+    U = vl.SquaredError(clean)
+    ck = tmp_path / "isgd.npz"
+    ISGD(**{"maxiter": 3, "batch_size": 2, "optimizer": "adam", **opts}).run(prob, U, np.array([-4.0, -4.0]),
+                                                                           checkpoint=ck)
+    return prob, U, ck
+
+
+def test_isgd_checkpoint_holds_the_documented_state(tmp_path):
+    _, _, ck = _isgd_run(tmp_path)
+    meta, arrays = load_checkpoint(ck)
+    assert meta["k"] == 3 and meta["adam_t"] == 3 and meta["epoch"] == 1 and meta["pos"] == 0  # batches 2, 2, 1
+    assert meta["sampler"]["bit_generator"]["bit_generator"] == "PCG64" and meta["warm_saved"] is True
+    assert sorted(arrays) == ["adam_m", "adam_v", "sampler_perm", "theta", "warm_idx", "warm_q", "warm_x"]
+    assert arrays["sampler_perm"].dtype == np.int64 and sorted(arrays["sampler_perm"]) == list(range(5))
+    assert sorted(arrays["warm_idx"].tolist()) == [0, 1, 2, 3, 4] and arrays["warm_x"].shape == (5, 12, 12)
+
+
+def test_truncated_isgd_checkpoint_is_refused_on_resume(tmp_path):
+    from varlearn.bilevel.isgd import ISGD
+
+    prob, U, ck = _isgd_run(tmp_path)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        ISGD(maxiter=6).run(prob, U, np.array([-4.0, -4.0]), resume=cut)
+
+
+def test_data_fingerprint_follows_the_data():
+    from varlearn.bilevel.checkpoint import data_fingerprint
+
+    clean = np.random.default_rng(1).random((3, 8, 8))
+    p = vl.DenoisingProblem(clean + 0.1, vl.TotalVariation())
+    fp = data_fingerprint(p, vl.SquaredError(clean))
+    assert fp == data_fingerprint(vl.DenoisingProblem(clean + 0.1, vl.TotalVariation()), vl.SquaredError(clean.copy()))
+    other = clean.copy()
+    other[2, 7, 7] += 1e-12
+    assert fp != data_fingerprint(p, vl.SquaredError(other))
+    assert fp != data_fingerprint(p, vl.SquaredError(clean.astype(np.float32)))

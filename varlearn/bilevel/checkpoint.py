@@ -20,6 +20,18 @@ One ``.npz`` (zip) file, written atomically (:func:`varlearn._io.atomic_write_by
   the problem's dtype, and ``estimator_d`` (``n_params`` floats, the last
   power-iteration direction) when present.
 
+ISGD runs
+---------
+``method == "isgd"`` checkpoints (written by :mod:`varlearn.bilevel._isgd_state`,
+which documents every field) hold the step counter ``k``, ``epoch``, ``pos``,
+the sampler's exact ``PCG64`` state (JSON integers), Adam's ``adam_t`` with
+the arrays ``adam_m``, ``adam_v``, the schedules, the cost counters, the
+history and evaluation rows, the data ``fingerprint`` (:func:`data_fingerprint`;
+resuming on other data raises :class:`CheckpointError`), the current
+permutation ``sampler_perm`` and the float32 warm starts ``warm_idx``,
+``warm_x``, ``warm_q`` (when they take at most 256 MiB).  Their fields are
+validated by :func:`validate_bilevel_meta` as well.
+
 How big it is
 -------------
 The warm-start arrays dominate: about three copies of the image stack, i.e.
