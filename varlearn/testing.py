@@ -1,6 +1,9 @@
 """Derivative checkers, shipped to users (``varlearn.testing``).
 
-Every check works in float64, along random directions drawn from ``rng``,
+Every check works in float64, along random directions drawn from ``rng``
+(on the host, then copied to the device of the inputs, so that a check on
+NumPy and on CuPy sees the same directions: the one documented exception to
+drawing random arrays on the data's device, ``docs/developer.md`` §2),
 never modifies its inputs, and returns a :class:`CheckReport` (truthy when the
 check passed).  With ``raise_error=True`` a failed check raises
 ``AssertionError`` with the numbers.
