@@ -798,3 +798,40 @@ def test_isgd_interrupt_then_resume_matches_an_uninterrupted_run(pairs4, tmp_pat
     more = json.loads((cut / "params.json").read_text())
     assert more["nit"] == 8 and more["epoch"] == 4 and more["theta"] != resumed["theta"]
     assert json.loads((cut / "config.json").read_text())["options"]["max_epochs"] == 4
+
+
+def test_isgd_on_a_dask_scheduler_matches_the_in_process_run(pairs4, tmp_path, capsys):
+    """--scheduler ADDRESS: one worker gets each batch as one task, so θ equals the in-process run's."""
+    distributed = pytest.importorskip("distributed")
+    common = ("--batch-size", "2", "--epochs", "2")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        assert main(isgd_argv(pairs4, tmp_path / "dask", *common, "--scheduler", address)) == 0
+        err = capsys.readouterr().err
+        assert f"on the Dask cluster at {address}" in err
+    assert main(isgd_argv(pairs4, tmp_path / "here", *common, "--quiet")) == 0
+    dask_run, here = (json.loads((tmp_path / r / "params.json").read_text()) for r in ("dask", "here"))
+    assert json.loads((tmp_path / "dask" / "config.json").read_text())["execution"] == {"workers": None,
+                                                                                       "scheduler": address}
+    assert dask_run["options"]["executor"] == "DaskExecutor" and here["options"]["executor"] == "serial"
+    assert dask_run["nit"] == here["nit"] == 4 and dask_run["image_cost"] == here["image_cost"]
+    np.testing.assert_allclose(dask_run["theta"], here["theta"], rtol=1e-10, atol=0)
+
+
+@pytest.mark.slow
+def test_isgd_on_a_local_cluster_of_two_workers(pairs4, tmp_path, capsys):
+    """--workers 2: a LocalCluster of two processes; per-image tasks certify each image, so θ agrees to the solves."""
+    pytest.importorskip("distributed")
+    common = ("--batch-size", "2", "--epochs", "2")
+    assert main(isgd_argv(pairs4, tmp_path / "w", *common, "--workers", "2")) == 0
+    assert "on a Dask LocalCluster of 2 workers" in capsys.readouterr().err
+    assert main(isgd_argv(pairs4, tmp_path / "here", *common, "--quiet")) == 0
+    w, here = (json.loads((tmp_path / r / "params.json").read_text()) for r in ("w", "here"))
+    assert w["nit"] == here["nit"] == 4
+    np.testing.assert_allclose(w["theta"], here["theta"], rtol=1e-2)
+    # a scheduler that is not there: bad input (after the connection timeout), one line, no run folder
+    capsys.readouterr()
+    _expect_usage_error(capsys, isgd_argv(pairs4, tmp_path / "gone", *common, "--scheduler", "tcp://127.0.0.1:9"),
+                        "--scheduler tcp://127.0.0.1:9", "cannot connect")
+    assert not (tmp_path / "gone").exists()

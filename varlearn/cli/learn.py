@@ -239,7 +239,7 @@ def _resume_config(args):
     elif args.checkpoint_interval is not None:
         raise CliError("--checkpoint-interval does not apply to --method isgd (use --checkpoint-every K steps)")
     stochastic.resume_overrides(args, cfg["options"])
-    cfg["execution"] = stochastic.execution(args, cfg.get("execution"))
+    cfg["execution"] = stochastic.execution(args)  # chosen anew at every start
     for name in ("max_iter", "budget", "time_limit", "checkpoint_interval"):
         v = getattr(args, name)
         if v is not None:

@@ -13,12 +13,17 @@ the value (exit status 2).
 closed at the end) and ``--scheduler ADDRESS`` (a running Dask scheduler, e.g.
 ``tcp://host:8786`` or a scheduler file) choose where the per-image solves run
 (``varlearn[dask]``).  They are stored in ``config.json`` under
-``"execution"``, apart from the options, and may be changed with ``--resume``:
-where the work runs does not change what is computed.
+``"execution"``, apart from the options.  They are chosen anew at every
+start: ``--resume`` runs in this process unless ``--workers`` or
+``--scheduler`` is given again (the cluster of the first session may be
+gone).  Where the work runs changes neither the problem nor the checkpoint;
+the per-image tasks of a cluster certify each image on its own, so θ agrees
+with an in-process run to the accuracy of the solves, not bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
@@ -44,6 +49,8 @@ ADAM_STEP0 = 0.05
 #: ``learn`` attributes whose options may change on ``--resume`` (limits, not the problem)
 RESUME_OVERRIDES = ("epochs", "image_budget", "checkpoint_every")
 EXECUTION_FLAGS = {"workers": "--workers", "scheduler": "--scheduler"}
+#: how long to try to reach a --scheduler
+CONNECT_TIMEOUT = "10s"
 
 
 def add_arguments(lp):
@@ -160,11 +167,9 @@ def steps_per_epoch(opts, n_images):
 # --------------------------------------------------------------------------- where the work runs
 
 
-def execution(args, previous=None):
-    """``{"workers": N or None, "scheduler": ADDRESS or None}`` from the flags (``previous``: the run's own)."""
-    out = dict(previous or {"workers": None, "scheduler": None})
-    if args.workers is not None or args.scheduler is not None:
-        out = {"workers": None, "scheduler": None}
+def execution(args):
+    """``{"workers": N or None, "scheduler": ADDRESS or None}`` from the flags, checked."""
+    out = {"workers": None, "scheduler": None}
     if args.workers is not None:
         out["workers"] = positive_int("--workers", args.workers)
     if args.scheduler is not None:
@@ -185,7 +190,18 @@ def check(exe, method, method_options):
         return
     if method != "isgd" and "executor" not in method_options:
         raise CliError(f"{used[0]} applies to --method isgd (got --method {method}, which runs in this process)")
-    _import_distributed(used[0])
+    distributed = _import_distributed(used[0])
+    if exe.get("scheduler"):  # reach the scheduler now, before the run folder is created
+        _connect(distributed, exe["scheduler"]).close()
+
+
+def _connect(distributed, address, timeout=CONNECT_TIMEOUT):
+    try:
+        if "://" in address:
+            return distributed.Client(address, timeout=timeout)
+        return distributed.Client(scheduler_file=address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise CliError(f"--scheduler {address}: cannot connect: {exc}") from exc
 
 
 def describe(exe):
@@ -222,17 +238,15 @@ def executor(exe):
     distributed = _import_distributed(flagname)
     cls = _executor_class()
     with contextlib.ExitStack() as stack:
+        # Dask's own log lines (a nanny killing its worker process at shutdown...) are not the user's business here
+        dask_log = logging.getLogger("distributed")
+        stack.callback(dask_log.setLevel, dask_log.level)
+        dask_log.setLevel(logging.ERROR)
         if exe.get("workers"):
-            ex = cls(n_workers=int(exe["workers"]))
+            # a free port for the dashboard: no warning when another cluster holds the default one
+            ex = cls(n_workers=int(exe["workers"]), cluster_options={"dashboard_address": ":0"})
         else:
-            address = exe["scheduler"]
-            try:
-                if "://" in address:
-                    client = distributed.Client(address, timeout="20s")
-                else:
-                    client = distributed.Client(scheduler_file=address, timeout="20s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise CliError(f"--scheduler {address}: cannot connect: {exc}") from exc
+            client = _connect(distributed, exe["scheduler"])
             stack.callback(client.close)
             ex = cls(client=client)
         if hasattr(ex, "close"):
