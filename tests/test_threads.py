@@ -182,11 +182,11 @@ _NOTICE_SCRIPT = textwrap.dedent("""
     logging.getLogger("varlearn").setLevel(logging.INFO)
     from varlearn import _accel
     _accel.on_compile(lambda stage, s: stages.append(stage))
-    k = _accel.numba_module("_tv_numba")
+    k = _accel.numba_module("regularizers._kernels.fd_numba")
     x = np.linspace(0, 1, 60).reshape(1, 6, 10)
-    k.value(x, 0.1, 0.01, True)
-    k.value(x, 0.1, 0.01, False)
-    k.grad(x, x, 1.0, 0.1, 0.01, True, np.empty_like(x))  # a second kernel: a second compile, no second notice
+    k.ISOTROPIC.value(x, 0.1, 0.1)
+    k.ANISOTROPIC.value(x, 0.1, 0.1)  # the same kernel: no second compile
+    k.ISOTROPIC.fused_grad(x, x, 1.0, 0.1, 0.1, None, 0.0, None, np.empty_like(x))  # a second kernel, no second notice
     print(json.dumps({"records": records, "stages": stages}))
 """)
 
