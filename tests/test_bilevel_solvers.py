@@ -201,3 +201,23 @@ def test_register_method_and_unknown_methods():
         vl.minimize_bilevel(prob, U, THETA0, method="adam")
     with pytest.raises(TypeError, match="abstract"):
         BilevelSolver()
+
+
+def test_solver_objects_keep_the_data_on_its_backend(xp, tmp_path):
+    """On every backend: θ and the warm starts stay in the problem's namespace; loop == run; resume exact."""
+    prob, U = tv_problem()
+    prob = vl.DenoisingProblem(xp.asarray(prob.noisy), prob.regularizer)
+    U = vl.SquaredError(xp.asarray(U.clean))
+    theta0 = xp.asarray(THETA0)
+    solver = MAID(maxiter=4)
+    state = solver.init_state(prob, U, theta0)
+    while state.status is None:
+        solver.update(state)
+    for a in (state.theta, state.x_warm, state.q_warm, state.x_current):
+        assert vl.backend.get_namespace(a) is xp
+    full = solver.run(prob, U, theta0)
+    assert_same_run(solver.result(state), full)
+    ck = tmp_path / "run.npz"
+    MAID(maxiter=2).run(prob, U, theta0, checkpoint=ck)
+    rest = solver.run(prob, U, theta0, resume=ck)
+    assert_same_run(rest, full)
