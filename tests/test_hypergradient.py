@@ -113,3 +113,99 @@ def test_hypergradient_bad_input(rng):
         hypergradient(prob, U, np.array([-2.0, -3.0]), 1e-3, 0.0)
     with pytest.raises(ValueError, match="length 2"):
         hypergradient(prob, U, np.array([-2.0, -3.0, 1.0]), 1e-3, 1e-3)
+
+
+# ---------------------------------------------------------------- pluggable solvers
+class _Recording:
+    """Wraps a solver object, recording every call of its solve method."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def solve(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.inner.solve(*args, **kwargs)
+
+
+def test_pluggable_solvers_are_used_and_give_the_keyword_result(rng):
+    from varlearn.solvers import CG, FISTA
+
+    prob, U = _denoising(rng, vl.TotalVariation())
+    theta = np.array([-2.0, -3.0])
+    ref = hypergradient(prob, U, theta, 1e-4, 1e-5, lower_maxiter=3000, cg_maxiter=500, backtracking=False,
+                        lower_L0=7.0)
+    low, lin = _Recording(FISTA(maxiter=3000, backtracking=False)), _Recording(CG(maxiter=500))
+    hg = hypergradient(prob, U, theta, 1e-4, 1e-5, lower_L0=7.0, lower_solver=low, linear_solver=lin)
+    assert len(low.calls) == 1 and len(lin.calls) == 1
+    (p, th, tol), kw = low.calls[0]
+    assert p is prob and tol == 1e-4 and kw == {"x0": None, "L0": 7.0}
+    assert lin.calls[0][0][2] == 1e-5
+    np.testing.assert_array_equal(hg.grad, ref.grad)
+    np.testing.assert_array_equal(hg.q, ref.q)
+    for key in ("error_bound", "eps", "delta", "n_lower_iter", "n_cg_iter", "status"):
+        assert hg[key] == ref[key], key
+
+
+def test_keyword_options_map_onto_the_default_solver_objects(rng, monkeypatch):
+    import importlib
+
+    hgmod = importlib.import_module("varlearn.hypergradient")  # the attribute is the function
+    made = []
+    for name in ("FISTA", "CG"):
+        cls = getattr(hgmod, name)
+        monkeypatch.setattr(hgmod, name, lambda cls=cls, **kw: made.append((cls.__name__, kw)) or cls(**kw))
+    prob, U = _denoising(rng, vl.TotalVariation())
+    theta = np.array([-2.0, -3.0])
+    hypergradient(prob, U, theta, 1e-3, 1e-3)
+    assert made == [("FISTA", {"maxiter": 10000, "backtracking": "auto"}), ("CG", {"maxiter": 2000})]
+    made.clear()
+    hypergradient(prob, U, theta, 1e-3, 1e-3, lower_maxiter=77, backtracking=True, cg_maxiter=55)
+    assert made == [("FISTA", {"maxiter": 77, "backtracking": True}), ("CG", {"maxiter": 55})]
+
+
+def test_pluggable_solver_errors_and_a_solver_without_a_true_residual(rng):
+    from varlearn.solvers import CG
+
+    prob, U = _denoising(rng, vl.TotalVariation())
+    theta = np.array([-2.0, -3.0])
+    with pytest.raises(ValueError, match="lower_maxiter configure the default lower_solver"):
+        hypergradient(prob, U, theta, 1e-3, 1e-3, lower_maxiter=5, lower_solver=vl.solvers.FISTA())
+    with pytest.raises(ValueError, match="cg_maxiter configure the default linear_solver"):
+        hypergradient(prob, U, theta, 1e-3, 1e-3, cg_maxiter=5, linear_solver=CG())
+    with pytest.raises(TypeError, match="linear_solver must be an object with a solve method, got function"):
+        hypergradient(prob, U, theta, 1e-3, 1e-3, linear_solver=vl.cg)
+
+    class RecurrenceOnly:
+        """A linear solver that reports an optimistic residual and does not say it is the true one."""
+
+        def solve(self, matvec, b, tol, x0=None, callback=None):
+            res = CG(maxiter=3).solve(matvec, b, tol, x0=x0)
+            return vl.results.Result(x=res.x, nit=res.nit, residual_norm=0.0, success=True)
+
+    hg = hypergradient(prob, U, theta, 1e-3, 1e-9, linear_solver=RecurrenceOnly())
+    true = np.linalg.norm(U.grad(hg.x) - prob.hvp(hg.x, theta, hg.q))
+    assert hg.delta >= true > 1e-9  # delta is the true residual of q (+ rounding margin), not the claimed 0
+    assert hg.n_cg_iter == hg.cg.nit + 1  # the residual product is counted (TV's constants cost nothing)
+    assert hg.error_bound > 0
+
+
+def test_bound_estimator_is_reproducible_and_checkpointable(rng):
+    from varlearn.hypergradient import BoundEstimator
+
+    reg = vl.FieldOfExperts(n_filters=2, size=3, rng=np.random.RandomState(1))
+    prob, U = _denoising(rng, reg, n=1, h=8, w=8)
+    theta = reg.init_params()
+    x = prob.noisy
+    a, b = BoundEstimator(seed=3), BoundEstimator(seed=3)
+    assert a.hessian_lipschitz(prob, theta, x, 1e-3) == b.hessian_lipschitz(prob, theta, x, 1e-3)
+    state = a.state_dict()
+    second = a._unit(np, x.shape, x.dtype)
+    c = BoundEstimator(seed=99)
+    c.load_state_dict(state)
+    np.testing.assert_array_equal(c._unit(np, x.shape, x.dtype), second)  # the stream continues from the state
+    # the draws follow the documented rule on NumPy, rng.standard_normal(shape).astype(dtype), from one generator
+    g = np.random.default_rng(3)
+    d = BoundEstimator(seed=3)
+    for _ in range(2):
+        e = g.standard_normal(x.shape).astype(x.dtype)
+        np.testing.assert_array_equal(d._unit(np, x.shape, x.dtype), e / np.linalg.norm(e))
