@@ -143,6 +143,26 @@ __device__ __forceinline__ double vl_phi(T a, T b, bool has_r, bool has_d, T nu2
 }
 
 /* ------------------------------------------------------------ kernels */
+/* Pixel p of the (N, H, W) stack: its row i and column j, and whether the horizontal / vertical
+   forward difference exists there (not in the last column / row). */
+struct VlPixel {
+    I i, j;
+    bool has_r, has_d;
+};
+__device__ __forceinline__ VlPixel vl_pixel(I p, I H, I W) {
+    VlPixel q;
+    const I r = p / W;
+    q.j = p - r * W;
+    q.i = r % H;
+    q.has_r = q.j + 1 < W;
+    q.has_d = q.i + 1 < H;
+    return q;
+}
+
+/* This thread's pixels (grid-stride loop over the `total` pixels). */
+#define VL_PIXELS(p) \
+    for (I p = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; p < total; p += (I)blockDim.x * (I)gridDim.x)
+
 /* The point z = x + beta (x - xprev) (beta = 0, xprev = x: z = x). */
 struct VlPoint {
     const T* x;
@@ -160,24 +180,19 @@ extern "C" __global__ void fd_fused_grad(const T* __restrict__ x, const T* __res
     z.x = x; z.xp = xprev; z.beta = beta;
     const T zero = 0;
     double acc = 0.0;
-    const I stride = (I)blockDim.x * (I)gridDim.x;
-    for (I p = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; p < total; p += stride) {
-        const I r = p / W;
-        const I j = p - r * W;
-        const I i = r % H;
-        const bool has_r = j + 1 < W;
-        const bool has_d = i + 1 < H;
+    VL_PIXELS(p) {
+        const VlPixel q = vl_pixel(p, H, W);
         const T zc = z(p);
-        const T a = has_r ? z(p + 1) - zc : zero;
-        const T b = has_d ? z(p + W) - zc : zero;
+        const T a = q.has_r ? z(p + 1) - zc : zero;
+        const T b = q.has_d ? z(p + W) - zc : zero;
         T d = -vl_d1_h(a, b, nu2) - vl_d1_h(b, a, nu2);
-        if (j > 0) {  /* horizontal flux of the left neighbour (i, j-1) */
+        if (q.j > 0) {  /* horizontal flux of the left neighbour (i, j-1) */
             const T zl = z(p - 1);
-            d += vl_d1_h(zc - zl, has_d ? z(p + W - 1) - zl : zero, nu2);
+            d += vl_d1_h(zc - zl, q.has_d ? z(p + W - 1) - zl : zero, nu2);
         }
-        if (i > 0) {  /* vertical flux of the upper neighbour (i-1, j) */
+        if (q.i > 0) {  /* vertical flux of the upper neighbour (i-1, j) */
             const T zu = z(p - W);
-            d += vl_d1_h(zc - zu, has_r ? z(p - W + 1) - zu : zero, nu2);
+            d += vl_d1_h(zc - zu, q.has_r ? z(p - W + 1) - zu : zero, nu2);
         }
         const T g = data_w * (zc - y[p]) + lam * d;
         out[p] = keep * zc - step * g;
@@ -190,31 +205,26 @@ extern "C" __global__ void fd_fused_grad(const T* __restrict__ x, const T* __res
 extern "C" __global__ void fd_fused_hvp(const T* __restrict__ x, const T* __restrict__ v, T data_w,
                                         T lam, T nu2, I H, I W, I total, T* __restrict__ out) {
     const T zero = 0;
-    const I stride = (I)blockDim.x * (I)gridDim.x;
-    for (I p = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; p < total; p += stride) {
-        const I r = p / W;
-        const I j = p - r * W;
-        const I i = r % H;
-        const bool has_r = j + 1 < W;
-        const bool has_d = i + 1 < H;
+    VL_PIXELS(p) {
+        const VlPixel q = vl_pixel(p, H, W);
         const T xc = x[p];
         const T vc = v[p];
         T hc, he;
-        vl_d2(has_r ? x[p + 1] - xc : zero, has_d ? x[p + W] - xc : zero,
-              has_r ? v[p + 1] - vc : zero, has_d ? v[p + W] - vc : zero, nu2, hc, he);
+        vl_d2(q.has_r ? x[p + 1] - xc : zero, q.has_d ? x[p + W] - xc : zero,
+              q.has_r ? v[p + 1] - vc : zero, q.has_d ? v[p + W] - vc : zero, nu2, hc, he);
         T d = -hc - he;
-        if (j > 0) {
+        if (q.j > 0) {
             const T xl = x[p - 1];
             const T vl = v[p - 1];
-            vl_d2(xc - xl, has_d ? x[p + W - 1] - xl : zero,
-                  vc - vl, has_d ? v[p + W - 1] - vl : zero, nu2, hc, he);
+            vl_d2(xc - xl, q.has_d ? x[p + W - 1] - xl : zero,
+                  vc - vl, q.has_d ? v[p + W - 1] - vl : zero, nu2, hc, he);
             d += hc;
         }
-        if (i > 0) {
+        if (q.i > 0) {
             const T xu = x[p - W];
             const T vu = v[p - W];
-            vl_d2(has_r ? x[p - W + 1] - xu : zero, xc - xu,
-                  has_r ? v[p - W + 1] - vu : zero, vc - vu, nu2, hc, he);
+            vl_d2(q.has_r ? x[p - W + 1] - xu : zero, xc - xu,
+                  q.has_r ? v[p - W + 1] - vu : zero, vc - vu, nu2, hc, he);
             d += he;
         }
         out[p] = data_w * vc + lam * d;
@@ -226,15 +236,10 @@ extern "C" __global__ void fd_value(const T* __restrict__ x, T nu2, I H, I W, I 
                                     double* partials, unsigned int* counter, double* result) {
     const T zero = 0;
     double acc = 0.0;
-    const I stride = (I)blockDim.x * (I)gridDim.x;
-    for (I p = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; p < total; p += stride) {
-        const I r = p / W;
-        const I j = p - r * W;
-        const I i = r % H;
-        const bool has_r = j + 1 < W;
-        const bool has_d = i + 1 < H;
+    VL_PIXELS(p) {
+        const VlPixel q = vl_pixel(p, H, W);
         const T xc = x[p];
-        acc += vl_phi(has_r ? x[p + 1] - xc : zero, has_d ? x[p + W] - xc : zero, has_r, has_d, nu2);
+        acc += vl_phi(q.has_r ? x[p + 1] - xc : zero, q.has_d ? x[p + W] - xc : zero, q.has_r, q.has_d, nu2);
     }
     vl_grid_sum(acc, partials, counter, result);
 }
