@@ -264,13 +264,14 @@ def test_foe_generic_potential_matches(rng, potential):
         check_regularizer(reg, x, theta, rng=rng, raise_error=True)
 
 
-def test_foe_fast_path_matches_generic_path(rng):
-    class PlainL1(SmoothedL1):  # same potential, not the exact type: takes the generic path
-        pass
+@pytest.mark.parametrize("base", [SmoothedL1, Huber, LogStudentT])
+def test_foe_folded_path_matches_plain_path(rng, base):
+    class Plain(base):  # the same potential without its homogeneity: smoothings not folded into the filters
+        homogeneity = None
 
-    fast = vl.FieldOfExperts(n_filters=3, size=5, rng=7)
-    slow = vl.FieldOfExperts(n_filters=3, size=5, rng=7, potential=PlainL1())
-    assert fast._fast and not slow._fast
+    fast = vl.FieldOfExperts(n_filters=3, size=5, rng=7, potential=base())
+    slow = vl.FieldOfExperts(n_filters=3, size=5, rng=7, potential=Plain())
+    assert fast._fold and not slow._fold
     theta = _theta(fast, rng)
     x, v = rng.rand(2, 8, 9), rng.standard_normal((2, 8, 9))
     for name, args in [("value", (x, theta)), ("grad", (x, theta)), ("hvp", (x, theta, v)),

@@ -1,6 +1,8 @@
-r"""Banks of 2-D correlation filters with a symmetric (reflect) boundary.
+r"""Helpers of the filter bank: blocks, reflect padding, im2col / col2im and certified norm bounds.
 
-:class:`FilterBank` maps images ``(..., H, W)`` to ``(..., K, H, W)``:
+The operator itself is :class:`varlearn.operators.FilterBank`
+(``varlearn/operators/filterbank.py``); this module imports no operator.
+:class:`~varlearn.operators.FilterBank` maps images ``(..., H, W)`` to ``(..., K, H, W)``:
 
 .. math:: (K_i x)[p] = \sum_{a,b=0}^{s-1} k_i[a,b]\; \tilde x[p_r + a, p_c + b],
 
@@ -92,10 +94,10 @@ import math
 
 import numpy as np
 
-from .backend import get_namespace, to_numpy, xp_name
-from .operators import LinearOperator
+from .backend import get_namespace, xp_name
 
-__all__ = ["FilterBank"]
+__all__ = ["Blocks", "as_stack", "reflect_pad", "fold_pad", "im2col", "col2im_add", "block_view",
+           "work_array", "weighted_gram_bound", "fourier_norm_bounds", "schur_norm_bounds", "power_spectra"]
 
 # bytes of one (c, max(K, s^2), m) work array per block: see the module docstring
 _BLOCK_BYTES = {"numpy": 3 << 20, "cupy": 128 << 20}
@@ -104,7 +106,7 @@ _COL2IM_GATHER = {"numpy": False, "cupy": True}
 
 
 # ---------------------------------------------------------------------------- helpers
-def _check_filters(filters):
+def check_filters(filters):
     """Validate a filter bank ``(K, s, s)`` (s odd) and return it as an array."""
     if not (isinstance(filters, np.ndarray) or type(filters).__module__.split(".")[0] == "cupy"):
         filters = np.asarray(filters, dtype=np.float64)
@@ -120,7 +122,7 @@ def _check_filters(filters):
     return filters
 
 
-def _check_image_shape(shape, s, name="x"):
+def check_image_shape(shape, s, name="x"):
     if len(shape) < 2:
         raise ValueError(f"{name} must have shape (..., H, W), got shape {tuple(shape)}")
     h, w = shape[-2], shape[-1]
@@ -330,7 +332,6 @@ def block_view(a4, block):
     return v.reshape(n1 - n0, a4.shape[1], (r1 - r0) * a4.shape[3])
 
 
-
 def work_array(flat, shape):
     """A view of the first ``prod(shape)`` entries of the flat work buffer ``flat`` as ``shape``."""
     count = 1
@@ -367,143 +368,10 @@ def check_float_array(a, name):
     return a
 
 
-# ---------------------------------------------------------------------------- operator
-class FilterBank(LinearOperator):
-    r"""A bank of ``K`` correlation filters of odd size ``s``, reflect boundary.
+def __getattr__(name):
+    # transitional: varlearn.operators re-exports FilterBank from here until it imports operators/filterbank.py
+    if name == "FilterBank":
+        from .operators.filterbank import FilterBank
 
-    ``apply(x)`` maps ``(..., H, W)`` to ``(..., K, H, W)`` with
-    ``apply(x)[..., i, :, :] = k_i ⋆ x`` (see the module docstring for the
-    exact indexing and boundary rule); ``adjoint(u)`` is its exact adjoint;
-    ``tap_vjp(x, u)`` is the derivative of :math:`\langle u, Kx\rangle` in the
-    taps.  Images must be at least ``(s//2 + 1) x (s//2 + 1)``.
-
-    Parameters
-    ----------
-    filters : array of shape (K, s, s)
-        NumPy or CuPy; the operator computes in the namespace of ``filters``
-        and in the dtype of its input (the taps are cast, cached per dtype).
-        Inputs in another namespace raise ``TypeError``.
-    """
-
-    def __init__(self, filters):
-        self.filters = _check_filters(filters)
-        self.n_filters = int(self.filters.shape[0])
-        self.size = int(self.filters.shape[1])
-        self.n_channels = self.n_filters
-        self.pad = self.size // 2
-        self._mats = {}
-
-    def __repr__(self):
-        return f"FilterBank(n_filters={self.n_filters}, size={self.size})"
-
-    # ------------------------------------------------------------------ helpers
-    def _matrices(self, xp, dtype):
-        """``(F, F^T)``: the ``(K, s*s)`` tap matrix and its contiguous transpose in ``dtype``."""
-        key = (xp_name(xp), np.dtype(dtype).str)
-        mats = self._mats.get(key)
-        if mats is None:
-            if xp_name(get_namespace(self.filters)) != xp_name(xp):
-                raise TypeError(
-                    f"the filters are {xp_name(get_namespace(self.filters))} arrays but the input is a "
-                    f"{xp_name(xp)} array; move one of them explicitly (varlearn.backend.to_device)"
-                )
-            f = xp.ascontiguousarray(self.filters.reshape(self.n_filters, -1).astype(dtype))
-            mats = (f, xp.ascontiguousarray(f.T))
-            self._mats[key] = mats
-        return mats
-
-    # ------------------------------------------------------------------ operator
-    def apply(self, x, out=None):
-        """``K x``: ``(..., H, W)`` -> ``(..., K, H, W)`` (written into ``out`` when given)."""
-        check_float_array(x, "x")
-        xp = get_namespace(x)
-        _check_image_shape(x.shape, self.size)
-        k, s, p = self.n_filters, self.size, self.pad
-        h, w = x.shape[-2:]
-        f, _ = self._matrices(xp, x.dtype)
-        x3 = as_stack(x)
-        n = x3.shape[0]
-        shape = tuple(x.shape[:-2]) + (k, h, w)
-        if out is None:
-            out = xp.empty(shape, dtype=x.dtype)
-        check_out(out, shape, x.dtype)
-        o4 = out.reshape(n, k, h, w)
-        xpad = reflect_pad(x3, p)
-        blocks = Blocks(n, h, w, k, s, x.dtype, xp)
-        flat = xp.empty(blocks.size() * s * s, dtype=x.dtype)
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            cols = im2col(xpad, blk, s, work_array(flat, (c, s * s, m)))
-            matmul_into(xp, f, cols, block_view(o4, blk))
-        return out
-
-    def adjoint(self, u, out=None):
-        """``K^T u``: ``(..., K, H, W)`` -> ``(..., H, W)`` (written into ``out`` when given)."""
-        check_float_array(u, "u")
-        xp = get_namespace(u)
-        k, s, p = self.n_filters, self.size, self.pad
-        if u.ndim < 3 or u.shape[-3] != k:
-            raise ValueError(f"u must have shape (..., {k}, H, W), got shape {tuple(u.shape)}")
-        _check_image_shape(u.shape, s, name="u")
-        h, w = u.shape[-2:]
-        _, ft = self._matrices(xp, u.dtype)
-        u4 = u.reshape((-1, k, h, w))
-        n = u4.shape[0]
-        zpad = xp.zeros((n, h + 2 * p, w + 2 * p), dtype=u.dtype)
-        blocks = Blocks(n, h, w, k, s, u.dtype, xp)
-        flat = xp.empty(blocks.size() * s * s, dtype=u.dtype)
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            g = xp.matmul(ft, block_view(u4, blk), out=work_array(flat, (c, s * s, m)))
-            col2im_add(g, blk, s, zpad)
-        shape = tuple(u.shape[:-3]) + (h, w)
-        if out is None:
-            return fold_pad(zpad, p).reshape(shape)
-        check_out(out, shape, u.dtype)
-        fold_pad(zpad, p, out=out.reshape(n, h, w))
-        return out
-
-    def tap_vjp(self, x, u):
-        r"""Derivative of :math:`\langle u, Kx\rangle` in the taps, shape ``(K, s, s)``.
-
-        ``out[i, a, b] = Σ_batch Σ_p u_i[p] x̃[p + (a, b)]`` with ``x̃`` the
-        reflect-padded ``x`` (summed over all leading batch axes).
-        """
-        check_float_array(x, "x")
-        check_float_array(u, "u")
-        xp = get_namespace(x, u)
-        k, s, p = self.n_filters, self.size, self.pad
-        _check_image_shape(x.shape, s)
-        h, w = x.shape[-2:]
-        expected = tuple(x.shape[:-2]) + (k, h, w)
-        if tuple(u.shape) != expected:
-            raise ValueError(f"u must have shape {expected}, got shape {tuple(u.shape)}")
-        x3 = as_stack(x)
-        n = x3.shape[0]
-        u4 = u.reshape(n, k, h, w)
-        xpad = reflect_pad(x3, p)
-        blocks = Blocks(n, h, w, k, s, x.dtype, xp)
-        flat = xp.empty(blocks.size() * s * s, dtype=x.dtype)
-        acc = xp.zeros((k, s * s), dtype=x.dtype)
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            cols = im2col(xpad, blk, s, work_array(flat, (c, s * s, m)))
-            acc += xp.sum(xp.matmul(block_view(u4, blk), cols.transpose(0, 2, 1)), axis=0)
-        return acc.reshape(k, s, s)
-
-    # ------------------------------------------------------------------ bounds
-    def filter_norm_bounds(self):
-        r"""Upper bounds on :math:`\|K_i\|_2` (array of length K, namespace of the filters).
-
-        The smaller of the certified Fourier bound :math:`2\sup|\hat k_i|` and
-        the Schur bound (module docstring); at most ``2 ||k_i||_1``; valid for
-        every image size the operator accepts.
-        """
-        xp = get_namespace(self.filters)
-        f = self.filters
-        return xp.minimum(schur_norm_bounds(xp.abs(f), self.size), fourier_norm_bounds(f, self.size))
-
-    def norm_bound(self) -> float:
-        r""":math:`\|K\|_2 = \|\sum_i K_i^T K_i\|^{1/2}`, bounded by :func:`weighted_gram_bound` (unit weights)."""
-        f = np.asarray(to_numpy(self.filters), dtype=np.float64)
-        return math.sqrt(weighted_gram_bound(f, np.ones(self.n_filters)))
+        return FilterBank
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,23 +5,14 @@ import math
 
 import numpy as np
 
-from .. import _accel
-from .._filterbank import (
-    Blocks,
-    as_stack,
-    check_float_array,
-    check_out,
-    col2im_add,
-    fold_pad,
-    im2col,
-    reflect_pad,
-    work_array,
-)
+from .._filterbank import check_float_array
 from .._validation import check_int
 from ..backend import get_namespace, is_cupy_array, xp_name
+from ..operators import FilterBank
 from ..potentials import Potential, SmoothedL1
 from . import _foe_bounds as _fb
 from .base import Regularizer, _host
+from .composite import Composite
 
 __all__ = ["FieldOfExperts"]
 
@@ -42,32 +33,6 @@ def _make_rng(rng):
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be None, an int, a numpy Generator or RandomState, got {type(rng).__name__}")
-
-
-_CUPY_KERNELS: dict = {}
-
-
-def _cupy_kernel(xp, name):
-    """Fused CuPy kernels of the smoothed-l1 path (``None`` on NumPy or when accelerators are off).
-
-    ``value(u, y)``: ``y = sqrt(u² + 1)``; ``d1(u, y)``: ``y = u / sqrt(u² + 1)``;
-    ``d2(u, kv)``: ``kv /= (u² + 1)^{3/2}`` in place.
-    """
-    if xp_name(xp) != "cupy" or not _accel.accelerated():
-        return None
-    k = _CUPY_KERNELS.get(name)
-    if k is None:
-        if name == "value":
-            k = xp.ElementwiseKernel("T u", "T y", "y = sqrt(u * u + (T)1)", "varlearn_foe_value")
-        elif name == "d1":
-            k = xp.ElementwiseKernel("T u", "T y", "y = u / sqrt(u * u + (T)1)", "varlearn_foe_d1")
-        elif name == "d2":
-            k = xp.ElementwiseKernel("T u", "T kv", "T s = u * u + (T)1; kv = kv / (s * sqrt(s))",
-                                     "varlearn_foe_d2")
-        else:  # pragma: no cover
-            raise KeyError(name)
-        _CUPY_KERNELS[name] = k
-    return k
 
 
 class FieldOfExperts(Regularizer):
@@ -149,7 +114,7 @@ class FieldOfExperts(Regularizer):
         if not potential.has_param:
             raise ValueError(f"potential must have a shape parameter (a smoothing), got {potential!r}")
         self.potential = potential
-        self._fast = type(potential) is SmoothedL1
+        self._fold = potential.homogeneity is not None
         self.learn_filters = bool(learn_filters)
         self.rng = rng
         if filters is None:
@@ -226,22 +191,6 @@ class FieldOfExperts(Regularizer):
             self._fixed_cache[key] = t
         return t
 
-    def _unpack(self, x, theta):
-        """Validate and return ``xp, lam0, lam (K,), nu (K,), taps (K, s*s)`` (θ's dtype, 0-d/1-D arrays)."""
-        check_float_array(x, "x")
-        self._check_theta(theta)
-        xp = get_namespace(x, theta)
-        s = self.size
-        c = s // 2
-        if x.ndim < 2 or x.shape[-2] < c + 1 or x.shape[-1] < c + 1:
-            raise ValueError(f"x must have shape (..., H, W) with H, W >= {c + 1} for {s}x{s} filters, "
-                             f"got shape {tuple(x.shape)}")
-        k = self.n_filters
-        lam0 = xp.exp(theta[0])
-        lam = xp.exp(theta[1:k + 1])
-        nu = xp.exp(theta[k + 1:2 * k + 1])
-        return xp, lam0, lam, nu, self._taps(theta, xp)
-
     def _host_params(self, theta):
         """``lam0, lam, nu, taps`` as NumPy float64 (for the Python-level bounds)."""
         self._check_theta(theta)
@@ -250,209 +199,89 @@ class FieldOfExperts(Regularizer):
         taps = t[2 * k + 1:].reshape(k, s, s) if self.learn_filters else self.filters
         return math.exp(t[0]), np.exp(t[1:k + 1]), np.exp(t[k + 1:2 * k + 1]), taps
 
-    # ------------------------------------------------------------------ set-up of one pass
-    def _forward_matrix(self, taps, nu, dtype, xp):
-        """Taps applied in the forward GEMM: scaled by 1/ν on the smoothed-ℓ1 path."""
-        a = taps / nu[:, None] if self._fast else taps
-        return xp.ascontiguousarray(a.astype(dtype))
+    # ------------------------------------------------------------------ θ -> the composition
+    def natural_params(self, theta):
+        r"""``(lam, nu, filters)``: :math:`\lambda_i = e^{\theta_0+\theta_i}`, :math:`\nu_i = e^{\theta_{K+i}}`
+        (``(K,)`` arrays) and the ``(K, size, size)`` taps, in θ's namespace and dtype."""
+        self._check_theta(theta)
+        xp = get_namespace(theta)
+        k, s = self.n_filters, self.size
+        lam = xp.exp(theta[0] + theta[1:k + 1])
+        return lam, xp.exp(theta[k + 1:2 * k + 1]), self._taps(theta, xp).reshape(k, s, s)
 
-    def _adjoint_matrix(self, taps, lam0, lam, dtype, xp):
-        """``(s*s, K)`` transposed taps scaled by the weights ``e^{θ0} e^{θ_i}``."""
-        return xp.ascontiguousarray((taps * (lam0 * lam)[:, None]).T.astype(dtype))
+    def _pass(self, x, theta):
+        r"""Validate; return ``(composite, lam', nu', lam, nu)`` for one pass over ``x``.
+
+        The composite is :math:`\sum_i \lambda'_i \sum_p \varphi((K'_ix)_p; \nu'_i)`.  For a
+        potential of homogeneity ``a`` (:math:`\varphi(t;\nu) = \nu^a\varphi(t/\nu; 1)`) the
+        smoothings are folded into the filters, :math:`K' = K/\nu`, :math:`\lambda' = \lambda\nu^a`,
+        :math:`\nu' = 1` (the same function; the forward GEMM does the scaling); otherwise
+        :math:`K' = K`, :math:`\lambda' = \lambda`, :math:`\nu' = \nu`.
+        """
+        check_float_array(x, "x")
+        lam, nu, taps = self.natural_params(theta)
+        xp = get_namespace(x, theta)
+        c = self.size // 2
+        if x.ndim < 2 or x.shape[-2] < c + 1 or x.shape[-1] < c + 1:
+            raise ValueError(f"x must have shape (..., H, W) with H, W >= {c + 1} for {self.size}x{self.size} "
+                             f"filters, got shape {tuple(x.shape)}")
+        if self._fold:
+            a = self.potential.homogeneity
+            bank = FilterBank(taps / nu[:, None, None])
+            return Composite(bank, self.potential), lam * nu ** a, xp.ones_like(nu), lam, nu
+        return Composite(FilterBank(taps), self.potential), lam, nu, lam, nu
 
     # ------------------------------------------------------------------ value and derivatives
     def value(self, x, theta):
-        xp, lam0, lam, nu, taps = self._unpack(x, theta)
-        k, s, p = self.n_filters, self.size, self.size // 2
-        h, w = x.shape[-2:]
-        x3 = as_stack(x)
-        a = self._forward_matrix(taps, nu, x.dtype, xp)
-        nu_c = nu.astype(x.dtype)[:, None]
-        xpad = reflect_pad(x3, p)
-        blocks = Blocks(x3.shape[0], h, w, k, s, x.dtype, xp)
-        cbuf = xp.empty(blocks.size() * s * s, dtype=x.dtype)
-        ubuf = xp.empty(blocks.size() * k, dtype=x.dtype)
-        acc = xp.zeros(k, dtype=np.float64)
-        kern = _cupy_kernel(xp, "value") if self._fast else None
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            cols = im2col(xpad, blk, s, work_array(cbuf, (c, s * s, m)))
-            u = xp.matmul(a, cols, out=work_array(ubuf, (c, k, m)))
-            if self._fast and kern is not None:
-                kern(u, u)
-                acc += xp.sum(u, axis=(0, 2)).astype(np.float64)
-            elif self._fast:  # sqrt(ũ² + 1), times ν below
-                xp.multiply(u, u, out=u)
-                u += 1.0
-                xp.sqrt(u, out=u)
-                acc += xp.sum(u, axis=(0, 2)).astype(np.float64)
-            else:
-                acc += xp.sum(self.potential.value(u, nu_c), axis=(0, 2)).astype(np.float64)
-        wgt = lam0 * lam * nu if self._fast else lam0 * lam
-        return xp.sum(wgt.astype(np.float64) * acc).astype(x.dtype)
+        comp, lam_p, nu_p, _, _ = self._pass(x, theta)
+        return comp.value(x, lam_p, nu_p)
 
     def grad(self, x, theta):
-        return self.grad_data(x, theta, None, 0.0)
-
-    def grad_data(self, x, theta, y, data_w, out=None):
-        """``data_w (x - y) + grad R(x)`` (``y`` ignored when ``data_w == 0``), into ``out`` when given."""
-        xp, lam0, lam, nu, taps = self._unpack(x, theta)
-        k, s, p = self.n_filters, self.size, self.size // 2
-        h, w = x.shape[-2:]
-        x3 = as_stack(x)
-        n = x3.shape[0]
-        a = self._forward_matrix(taps, nu, x.dtype, xp)
-        bt = self._adjoint_matrix(taps, lam0, lam, x.dtype, xp)
-        nu_c = nu.astype(x.dtype)[:, None]
-        xpad = reflect_pad(x3, p)
-        zpad = xp.zeros_like(xpad)
-        blocks = Blocks(n, h, w, k, s, x.dtype, xp)
-        cbuf = xp.empty(blocks.size() * s * s, dtype=x.dtype)
-        ubuf = xp.empty(blocks.size() * k, dtype=x.dtype)
-        kern = _cupy_kernel(xp, "d1") if self._fast else None
-        tbuf = xp.empty(blocks.size() * k, dtype=x.dtype) if self._fast and kern is None else None
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            cols = im2col(xpad, blk, s, work_array(cbuf, (c, s * s, m)))
-            u = xp.matmul(a, cols, out=work_array(ubuf, (c, k, m)))
-            if self._fast and kern is not None:
-                kern(u, u)
-            elif self._fast:  # φ'(u) = ũ / sqrt(ũ² + 1)
-                t = work_array(tbuf, (c, k, m))
-                xp.multiply(u, u, out=t)
-                t += 1.0
-                xp.sqrt(t, out=t)
-                u /= t
-            else:
-                u = self.potential.d1(u, nu_c)
-            g = xp.matmul(bt, u, out=work_array(cbuf, (c, s * s, m)))
-            col2im_add(g, blk, s, zpad)
-        o3 = None if out is None else check_out(out, x.shape, x.dtype).reshape(n, h, w)
-        o3 = fold_pad(zpad, p, out=o3)
-        if y is not None and data_w != 0:
-            o3 += data_w * (x3 - as_stack(y))
-        if out is not None:
-            return out
-        return o3.reshape(x.shape)
+        comp, lam_p, nu_p, _, _ = self._pass(x, theta)
+        return comp.grad(x, lam_p, nu_p)
 
     def hvp(self, x, theta, v):
-        return self.hvp_data(x, theta, v, 0.0)
-
-    def hvp_data(self, x, theta, v, data_w):
-        """``data_w v + hess R(x) v``."""
-        xp, lam0, lam, nu, taps = self._unpack(x, theta)
+        comp, lam_p, nu_p, _, _ = self._pass(x, theta)
         check_float_array(v, "v")
-        if tuple(v.shape) != tuple(x.shape):
-            raise ValueError(f"v must have the shape of x {tuple(x.shape)}, got shape {tuple(v.shape)}")
-        k, s, p = self.n_filters, self.size, self.size // 2
-        h, w = x.shape[-2:]
-        x3, v3 = as_stack(x), as_stack(v).astype(x.dtype, copy=False)
-        n = x3.shape[0]
-        a = self._forward_matrix(taps, nu, x.dtype, xp)
-        bt = self._adjoint_matrix(taps, lam0, lam, x.dtype, xp)
-        nu_c = nu.astype(x.dtype)[:, None]
-        xpad = reflect_pad(x3, p)
-        vpad = reflect_pad(v3, p)
-        zpad = xp.zeros_like(xpad)
-        blocks = Blocks(n, h, w, 2 * k, s, x.dtype, xp)  # two inputs per block
-        cbuf = xp.empty(2 * blocks.size() * s * s, dtype=x.dtype)
-        ubuf = xp.empty(2 * blocks.size() * k, dtype=x.dtype)
-        kern = _cupy_kernel(xp, "d2") if self._fast else None
-        tbuf = xp.empty(blocks.size() * k, dtype=x.dtype) if self._fast and kern is None else None
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * w
-            cols = work_array(cbuf, (2, c, s * s, m))
-            im2col(xpad, blk, s, cols[0])
-            im2col(vpad, blk, s, cols[1])
-            uv = xp.matmul(a, cols, out=work_array(ubuf, (2, c, k, m)))
-            u, kv = uv[0], uv[1]
-            if self._fast and kern is not None:
-                kern(u, kv)
-                q = kv
-            elif self._fast:  # φ''(u) K v = ṽ / (ũ² + 1)^{3/2}
-                t = work_array(tbuf, (c, k, m))
-                xp.multiply(u, u, out=t)
-                t += 1.0
-                xp.sqrt(t, out=u)
-                t *= u
-                kv /= t
-                q = kv
-            else:
-                q = self.potential.d2(u, nu_c) * kv
-            g = xp.matmul(bt, q, out=work_array(cbuf, (c, s * s, m)))
-            col2im_add(g, blk, s, zpad)
-        o3 = fold_pad(zpad, p)
-        if data_w != 0:
-            o3 += data_w * v3
-        return o3.reshape(x.shape)
+        return comp.hvp(x, lam_p, nu_p, v)
+
+    def fused_grad(self, x, theta, y=None, data_w=0.0, *, x_prev=None, beta=0.0, step=None, out=None):
+        comp, lam_p, nu_p, _, _ = self._pass(x, theta)
+        return comp.fused_grad(x, lam_p, nu_p, y, data_w, x_prev=x_prev, beta=beta, step=step, out=out)
+
+    def fused_hvp(self, x, theta, v, data_w=0.0, *, out=None):
+        comp, lam_p, nu_p, _, _ = self._pass(x, theta)
+        check_float_array(v, "v")
+        return comp.fused_hvp(x, lam_p, nu_p, v, data_w, out=out)
 
     def mixed_vjp(self, x, theta, w):
         r""":math:`(\partial_\theta \nabla_x R)^T w`, shaped like θ.
 
-        With :math:`g_i = \langle K_i w, \varphi'(K_i x)\rangle` and
-        :math:`\lambda_i = e^{\theta_0 + \theta_i}`: θ0 gets :math:`\sum_i\lambda_i g_i`,
-        θ_i gets :math:`\lambda_i g_i`, θ_{K+i} gets
-        :math:`\lambda_i\nu_i\langle K_i w, \partial_\nu\varphi'(K_ix)\rangle`, and tap
-        ``k_i[a,b]`` gets :math:`\lambda_i[\sum_p \varphi''(K_ix)_p (K_iw)_p \tilde x_{p+(a,b)}
-        + \sum_p \varphi'(K_ix)_p \tilde w_{p+(a,b)}]` (``~`` = reflect padding).
+        The composite gives :math:`\partial_{\lambda'}`, :math:`\partial_{\nu'}` and
+        :math:`\partial_{K'}` of :math:`\langle w, \nabla_xR\rangle`; with the folded smoothings
+        (:meth:`_pass`) the natural ones are :math:`\partial_\lambda = \nu^a\partial_{\lambda'}`,
+        :math:`\nu\partial_\nu = \partial_{\nu'}` (Euler's identity for the homogeneous
+        :math:`\varphi`) and :math:`\partial_K = \partial_{K'}/\nu`.  Then θ0 gets
+        :math:`\sum_i\lambda_i\partial_{\lambda_i}`, θ_i gets :math:`\lambda_i\partial_{\lambda_i}`,
+        θ_{K+i} gets :math:`\nu_i\partial_{\nu_i}` and the taps :math:`\partial_K`.
         """
-        xp, lam0, lam, nu, taps = self._unpack(x, theta)
+        comp, lam_p, nu_p, lam, nu = self._pass(x, theta)
         check_float_array(w, "w")
         if tuple(w.shape) != tuple(x.shape):
             raise ValueError(f"w must have the shape of x {tuple(x.shape)}, got shape {tuple(w.shape)}")
-        k, s, p = self.n_filters, self.size, self.size // 2
-        h, wd = x.shape[-2:]
-        x3, w3 = as_stack(x), as_stack(w).astype(x.dtype, copy=False)
-        n = x3.shape[0]
-        a = self._forward_matrix(taps, nu, x.dtype, xp)
-        nu_c = nu.astype(x.dtype)[:, None]
-        xpad = reflect_pad(x3, p)
-        wpad = reflect_pad(w3, p)
-        blocks = Blocks(n, h, wd, 2 * k, s, x.dtype, xp)
-        cbuf = xp.empty(2 * blocks.size() * s * s, dtype=x.dtype)
-        ubuf = xp.empty(2 * blocks.size() * k, dtype=x.dtype)
-        t1buf = xp.empty(blocks.size() * k, dtype=x.dtype)
-        t2buf = xp.empty(blocks.size() * k, dtype=x.dtype)
-        g_acc = xp.zeros(k, dtype=np.float64)
-        h_acc = xp.zeros(k, dtype=np.float64)
-        tap_acc = xp.zeros((k, s * s), dtype=x.dtype)
-        for blk in blocks:
-            c, m = blk[1] - blk[0], (blk[3] - blk[2]) * wd
-            cols = work_array(cbuf, (2, c, s * s, m))
-            im2col(xpad, blk, s, cols[0])
-            im2col(wpad, blk, s, cols[1])
-            uw = xp.matmul(a, cols, out=work_array(ubuf, (2, c, k, m)))
-            u, kw = uw[0], uw[1]
-            if self._fast:
-                # ũ, w̃ scaled by 1/ν; r = sqrt(ũ²+1): φ'(u) = ũ/r, φ''(u)(Kw) = w̃/r³,
-                # Kw = ν w̃ and ν ∂_ν φ'(u) (Kw) = -ν ũ w̃ / r³
-                t1 = work_array(t1buf, (c, k, m))
-                t2 = work_array(t2buf, (c, k, m))
-                xp.multiply(u, u, out=t1)
-                t1 += 1.0
-                xp.sqrt(t1, out=t2)
-                t1 *= t2
-                xp.divide(u, t2, out=t2)                      # t2 = φ'(u)
-                g_acc += xp.einsum("ckm,ckm->k", kw, t2).astype(np.float64)   # times ν below
-                xp.divide(kw, t1, out=t1)                     # t1 = φ''(u) Kw
-                h_acc -= xp.einsum("ckm,ckm->k", u, t1).astype(np.float64)   # times ν below
-                y1, y2 = t1, t2
-            else:
-                d1 = self.potential.d1(u, nu_c)
-                g_acc += xp.einsum("ckm,ckm->k", kw, d1).astype(np.float64)
-                h_acc += xp.einsum("ckm,ckm->k", kw, self.potential.d1_dnu(u, nu_c)).astype(np.float64)
-                y1, y2 = self.potential.d2(u, nu_c) * kw, d1
-            tap_acc += xp.sum(xp.matmul(y1, cols[0].transpose(0, 2, 1)), axis=0)
-            tap_acc += xp.sum(xp.matmul(y2, cols[1].transpose(0, 2, 1)), axis=0)
-        lam_i = (lam0 * lam).astype(np.float64)
-        nu64 = nu.astype(np.float64)
-        if self._fast:
-            g_acc = g_acc * nu64
-        col_w = lam_i * g_acc
-        col_nu = lam_i * nu64 * h_acc
+        xp = get_namespace(x, theta)
+        d_lam, d_nu, d_op = comp.mixed(x, lam_p, nu_p, w, op_params=self.learn_filters)
+        lam64, nu64 = lam.astype(np.float64), nu.astype(np.float64)
+        if self._fold:
+            col_w = lam64 * nu64 ** self.potential.homogeneity * d_lam
+            col_nu = xp.asarray(d_nu, dtype=np.float64)
+        else:
+            col_w = lam64 * d_lam
+            col_nu = nu64 * d_nu
         parts = [xp.sum(col_w)[None], col_w, col_nu]
         if self.learn_filters:
-            parts.append((lam_i[:, None] * tap_acc.astype(np.float64)).ravel())
+            taps = d_op.reshape(self.n_filters, -1).astype(np.float64)
+            parts.append((taps / nu64[:, None] if self._fold else taps).ravel())
         return xp.concatenate(parts).astype(theta.dtype)
 
     # ------------------------------------------------------------------ bounds (see _foe_bounds)
