@@ -3,7 +3,7 @@ import logging
 
 from . import backend, operators, potentials, testing
 from ._accel import get_threads, set_threads, thread_info, threads
-from .bilevel import BilevelResult, minimize_bilevel
+from .bilevel import HOAG, ISGD, MAID, BilevelResult, BilevelSolver, FixedAccuracy, minimize_bilevel
 from .hypergradient import hypergradient
 from .problems import (
     CrossEntropy,
@@ -25,7 +25,7 @@ from .regularizers import (
     TotalVariation,
 )
 from .results import ConvergenceWarning, Result, VarlearnWarning
-from .solvers import cg, solve_lower
+from .solvers import CG, FISTA, cg, solve_lower
 
 __version__ = "0.1.0"
 
@@ -40,8 +40,10 @@ __all__ = [
     "QuadraticProblem", "LeastSquares", "make_paper_quadratic",
     # regularizers
     "Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "TotalVariation", "FieldOfExperts",
-    # solvers and the bilevel driver
-    "solve_lower", "cg", "hypergradient", "minimize_bilevel", "BilevelResult",
+    # lower-level and linear solvers (objects and functional front doors), hypergradients
+    "FISTA", "CG", "solve_lower", "cg", "hypergradient",
+    # upper-level solvers and the bilevel driver
+    "BilevelSolver", "MAID", "HOAG", "FixedAccuracy", "ISGD", "minimize_bilevel", "BilevelResult",
     # results and warnings
     "Result", "ConvergenceWarning", "VarlearnWarning",
     # the thread policy (numba kernels and BLAS together)
