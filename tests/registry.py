@@ -8,7 +8,7 @@ import numpy as np
 
 import varlearn as vl
 from varlearn.operators import FiniteDifference, Identity
-from varlearn.potentials import POTENTIALS
+from varlearn.potentials import POTENTIALS, GroupSmoothedL1
 
 
 def _theta(*v):
@@ -27,6 +27,11 @@ REGULARIZERS = {
                                          _theta(-3.0, -0.5)),  # keeps 1/2|x-y|^2 + R strongly convex
     "potential_l1_identity": lambda rng: (vl.PotentialRegularizer(Identity(), POTENTIALS["smoothed_l1"]()),
                                           _theta(-1.0, -1.5)),
+    # the compositions that TV is a parameterisation of (tests/test_composition.py checks they are equal)
+    "potential_l1_fd": lambda rng: (vl.PotentialRegularizer(FiniteDifference(), POTENTIALS["smoothed_l1"]()),
+                                    _theta(-1.5, -1.0)),
+    "potential_group_l1_fd": lambda rng: (vl.PotentialRegularizer(FiniteDifference(), GroupSmoothedL1()),
+                                          _theta(-1.0, -2.0)),
     "sum_tv_tikhonov": lambda rng: (vl.TotalVariation() + vl.Tikhonov(), _theta(-1.0, -2.0, -3.0)),
     "foe": lambda rng: (
         vl.FieldOfExperts(n_filters=3, size=3, rng=rng),

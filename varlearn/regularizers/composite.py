@@ -49,22 +49,23 @@ from ..operators import LinearOperator
 from ..potentials import Potential
 from .composite_bounds import CompositeBounds, gamma, norm64, potential_grad_error
 
+try:  # the kernel registry (C3); without it every pair is computed from its parts
+    from ._kernels import find_kernel as _registry_find
+except ImportError:  # pragma: no cover - only while the registry is not in the tree
+    _registry_find = None
+
 __all__ = ["Composite", "potential_grad_error", "gamma", "norm64"]
 
 
 def _find_kernel(operator, potential, x):
     """The registered kernel set of the pair for ``x`` (C3), or ``None``."""
-    try:
-        from ._kernels import find_kernel
-    except ImportError:  # the registry is not in this tree: the composition from the parts
-        return None
-    return find_kernel(operator, potential, x)
+    return None if _registry_find is None else _registry_find(operator, potential, x)
 
 
 def _stack(a):
     """``a`` as a C-contiguous ``(N, H, W)`` stack (a view when possible)."""
-    xp = get_namespace(a)
-    return xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:]))
+    a3 = a if a.ndim == 3 else a.reshape((-1,) + a.shape[-2:])
+    return a3 if a3.flags.c_contiguous else get_namespace(a).ascontiguousarray(a3)
 
 
 def _host_param(p, name, n_channels, allow_none):
@@ -387,10 +388,9 @@ def _into(g, out):
 
 def _out3(x, x3, out):
     """An ``(N, H, W)`` C-contiguous output buffer: ``out`` itself when it can be, else a new one."""
-    xp = get_namespace(x3)
     if out is not None and out.flags.c_contiguous and out.shape == x.shape and out.dtype == x3.dtype:
-        return out.reshape(x3.shape), True
-    return xp.empty_like(x3), False
+        return (out if out.ndim == 3 else out.reshape(x3.shape)), True
+    return get_namespace(x3).empty_like(x3), False
 
 
 def _finish(x, o3, out, direct):
