@@ -396,6 +396,90 @@ def test_cuda_kernel_module_imports_without_a_gpu():
     assert out.stdout.split() == ["['fused_grad',", "'fused_hvp',", "'value']", "False"]
 
 
+# The CUDA source compiled for the host (needs a C++ compiler, no GPU): one block of one thread
+# runs the grid-stride loop over every pixel, so the kernels compute the whole result serially.
+_HOST_PRELUDE = r"""
+#include <math.h>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __restrict__
+#define __shared__ static
+struct VlDim { unsigned x; };
+static VlDim threadIdx{0}, blockIdx{0}, blockDim{1}, gridDim{1};
+inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
+inline double rsqrt(double v) { return 1.0 / sqrt(v); }
+inline double __shfl_down_sync(unsigned, double, int) { return 0.0; }  /* no other lane */
+inline unsigned atomicAdd(unsigned* c, unsigned v) { const unsigned o = *c; *c += v; return o; }
+inline void __threadfence() {}
+inline void __syncthreads() {}
+"""
+
+
+@pytest.fixture(scope="module")
+def cuda_on_host(tmp_path_factory):
+    import ctypes
+    import shutil
+
+    from varlearn.regularizers._kernels import fd_cuda
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the CUDA source for the host")
+    libs = {}
+
+    def get(iso, dtype):
+        key = (iso, np.dtype(dtype))
+        if key not in libs:
+            ctype = "double" if key[1] == np.float64 else "float"
+            src = tmp_path_factory.mktemp("cuda") / "k.cpp"
+            src.write_text(f"{_HOST_PRELUDE}\ntypedef {ctype} T;\ntypedef unsigned int I;\n"
+                           f"#define VL_ISO {int(iso)}\n{fd_cuda._SOURCE}")
+            lib = src.with_suffix(".so")
+            subprocess.run([cxx, "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True,
+                           capture_output=True, timeout=120)
+            libs[key] = ctypes.CDLL(str(lib))
+        return libs[key]
+
+    return get
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("pot_t", [SmoothedL1, GroupSmoothedL1])
+def test_cuda_source_matches_the_composition_on_the_host(rng, cuda_on_host, pot_t, dtype):
+    import ctypes
+
+    lib = cuda_on_host(pot_t is GroupSmoothedL1, dtype)
+    t = ctypes.c_double if dtype == np.float64 else ctypes.c_float
+    comp = Composite(FiniteDifference(), pot_t())
+    tol = RTOL[np.dtype(dtype)]
+
+    def ptr(a):
+        return a.ctypes.data_as(ctypes.c_void_p)
+
+    for shape in [(3, 17, 13), (2, 2, 2), (2, 1, 5), (2, 5, 1), (1, 1, 1), (2, 33, 65)]:
+        x, y, v, x_prev = data(rng, shape, dtype)
+        sizes = [ctypes.c_uint(n) for n in (shape[1], shape[2], x.size)]
+        ws = [np.zeros(4), np.zeros(1, np.uint32), np.zeros(1)]  # partials, counter, result
+        out = np.full_like(x, np.nan)
+        with accelerated(False):
+            o_ref, n_ref = comp.fused_grad(x, LAM, NU, y, 0.7, x_prev=x_prev, beta=0.62, step=0.11)
+            h_ref = comp.fused_hvp(x, LAM, NU, v, 0.7)
+            r_ref = float(comp.value(x, LAM, NU))
+        lib.fd_fused_grad(ptr(x), ptr(x_prev), ptr(y), t(0.7), t(0.62), t(1.0), t(0.11), t(LAM), t(NU * NU),
+                          *sizes, ptr(out), *map(ptr, ws))
+        assert rel_err(out, o_ref) <= tol and close(math.sqrt(ws[2][0]), n_ref, tol)
+        lib.fd_fused_grad(ptr(x), ptr(x), ptr(x), t(0.0), t(0.0), t(0.0), t(-1.0), t(LAM), t(NU * NU),
+                          *sizes, ptr(out), *map(ptr, ws))  # the plain gradient: keep 0, step -1
+        with accelerated(False):
+            assert rel_err(out, comp.grad(x, LAM, NU)) <= tol
+        lib.fd_fused_hvp(ptr(x), ptr(v), t(0.7), t(LAM), t(NU * NU), *sizes, ptr(out))
+        assert rel_err(out, h_ref) <= tol
+        lib.fd_value(ptr(x), t(NU * NU), *sizes, *map(ptr, ws))
+        assert close(LAM * ws[2][0], r_ref, tol)
+        assert ws[1][0] == 0  # the last block reset the completion counter
+
+
 @pytest.mark.gpu
 def test_cuda_kernels_handle_arguments_and_large_stacks(rng):
     if not cupy_usable():
