@@ -11,6 +11,7 @@ format of :mod:`varlearn.bilevel.checkpoint`, validated there):
   ``evaluations``, ``fingerprint`` (of the data; a mismatch on resume raises
   :class:`~varlearn.bilevel.checkpoint.CheckpointError`), ``L_last``,
   ``estimator``, ``executor_constants`` (the executor's running estimates),
+  ``noise`` (mode, seed and σ of synthetic noise, or null; must match on resume),
   ``elapsed``, ``warm_saved``, ``status``, ``n_params``,
   ``x_shape``, ``dtype``;
 * arrays: ``theta``, ``adam_m``, ``adam_v`` (Adam only, after its first
@@ -262,7 +263,7 @@ def save(state, path):
                      "eval_cost": state.eval_cost},
         "history": state.history, "evaluations": state.evaluations, "fingerprint": state.fingerprint,
         "L_last": state.L_last, "estimator": state.estimator.state_dict(), "elapsed": state.elapsed,
-        "executor_constants": state.constants,
+        "executor_constants": state.constants, "noise": _noise(state),
         "status": state.status, "n_params": int(state.theta.shape[0]), "x_shape": list(state.x_shape),
         "dtype": str(state.dtype),
     }
@@ -282,6 +283,14 @@ def save(state, path):
         logger.info("isgd checkpoint: warm starts (%d bytes) exceed %d bytes and are not saved; a resumed run "
                     "starts those solves cold", warm.nbytes(), WARM_SAVE_MAX_BYTES)
     save_checkpoint(path, meta, arrays)
+
+
+def _noise(state):
+    """The noise mode and seed of a ``DenoisingDataset`` (counter-based: no state), or None."""
+    spec = state.spec if state.spec is not None else (state.problem if state.upper is None else None)
+    if spec is None or getattr(spec, "collection", None) is None or spec.collection.has_noisy:
+        return None
+    return {"mode": spec.noise, "seed": int(spec.noise_seed), "sigma": float(spec.sigma)}
 
 
 def read_checkpoint(path):
@@ -306,6 +315,8 @@ def restore(state, meta, arrays, path):
         raise CheckpointError(f"{where} was written for n_params={meta['n_params']}, x_shape="
                               f"{tuple(meta['x_shape'])}; this problem has n_params={state.theta.shape[0]}, "
                               f"x_shape={tuple(state.x_shape)}")
+    if meta.get("noise") != _noise(state):
+        raise CheckpointError(f"{where} was written with noise {meta.get('noise')!r}, this run has {_noise(state)!r}")
     for name in ("project", "eval_set"):  # they change the run; an executor object does not
         if meta["options"].get(name) == _MARKER and state.options[name] in (None, "train"):
             raise CheckpointError(f"{where}: the run used an object for option {name!r}; pass it again to resume")

@@ -168,6 +168,8 @@ _ISGD_RULES = {
     "L_last": (_positive_or_none, "a positive number or null"),
     "estimator": (lambda v: isinstance(v, dict), "a JSON object"),
     "executor_constants": (lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
+    "noise": (lambda v: v is None or (isinstance(v, dict) and set(v) == {"mode", "seed", "sigma"}),
+              "null or a JSON object with mode, seed and sigma"),
     "elapsed": (_nonneg_finite, "a finite number >= 0"),
     "warm_saved": (lambda v: isinstance(v, bool), "true or false"),
     "n_params": (_pos_int, "an integer >= 1"),

@@ -122,6 +122,10 @@ class ISGDState(BilevelState):
     ``fingerprint`` (of the data), ``spec`` and ``executor`` (None on the
     in-process path), ``batch`` (the last batch's indices), ``grad`` (its
     hypergradient z) and ``x`` (its lower-level iterate, in-process path only).
+
+    :meth:`ISGD.run` closes the executor it made; a caller driving
+    :meth:`ISGD.init_state` / :meth:`ISGD.update` itself closes it with
+    ``state.executor.close()`` when ``state.owns_executor`` (a Dask cluster).
     """
 
     def __init__(self, problem, upper, theta, options, n_samples, x_shape, xp, dtype):
