@@ -170,20 +170,22 @@ def fourier_norm_bounds(taps, s, spectra=None):
     return 2.0 * xp.sqrt(factor * xp.max(spectra, axis=(-2, -1)))
 
 
-def weighted_gram_bound(taps, weights):
+def weighted_gram_bound(taps, weights, spectra=None, norms=None):
     r"""Upper bound on :math:`\|\sum_i w_i K_i^T K_i\|` for taps ``(K, s, s)`` and weights ``w_i >= 0``.
 
     NumPy in, Python float out: the smaller of the Fourier bound
     :math:`4\sup_\omega\sum_i w_i|\hat k_i|^2` and the sum of the weighted
-    squared per-filter bounds (module docstring).
+    squared per-filter bounds (module docstring).  ``spectra``
+    (:func:`power_spectra` of the taps) and ``norms`` (the per-filter bounds)
+    may be passed when already computed.
     """
     taps = np.asarray(taps, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     s = taps.shape[-1]
     _, factor = _grid(s)
-    spec = power_spectra(taps, s)
+    spec = power_spectra(taps, s) if spectra is None else spectra
     fourier = 4.0 * factor * float(np.max(np.tensordot(w, spec, axes=(0, 0))))
-    b = np.minimum(schur_norm_bounds(np.abs(taps), s), fourier_norm_bounds(taps, s, spec))
+    b = np.minimum(schur_norm_bounds(np.abs(taps), s), fourier_norm_bounds(taps, s, spec)) if norms is None else norms
     return min(fourier, float(np.sum(w * b * b)))
 
 

@@ -41,6 +41,7 @@ from .._filterbank import (
     fourier_norm_bounds,
     im2col,
     matmul_into,
+    power_spectra,
     reflect_pad,
     schur_norm_bounds,
     weighted_gram_bound,
@@ -126,6 +127,7 @@ class FilterBank(LinearOperator):
         self.n_params = self.n_filters * self.size * self.size
         self.pad = self.size // 2
         self._mats = {}
+        self._host = None
 
     def __repr__(self):
         return f"FilterBank(n_filters={self.n_filters}, size={self.size})"
@@ -341,7 +343,13 @@ class FilterBank(LinearOperator):
             raise ValueError(f"w must have shape ({self.n_filters},), got shape {w.shape}")
         if np.any(np.isnan(w)) or np.any(w < 0):
             raise ValueError(f"w must hold weights >= 0, got {w!r}")
-        return weighted_gram_bound(np.asarray(to_numpy(self.filters), dtype=np.float64), w)
+        if self._host is None:  # the host taps and their spectra, once per bank (bounds call this often)
+            f = np.asarray(to_numpy(self.filters), dtype=np.float64)
+            spec = power_spectra(f, self.size)
+            b = np.minimum(schur_norm_bounds(np.abs(f), self.size), fourier_norm_bounds(f, self.size, spec))
+            self._host = (f, spec, b)
+        f, spec, b = self._host
+        return weighted_gram_bound(f, w, spectra=spec, norms=b)
 
     def norm_bound(self) -> float:
         r""":math:`\|K\|_2 = \|\sum_i K_i^T K_i\|^{1/2}`, bounded by :meth:`weighted_gram_bound` (unit weights)."""
