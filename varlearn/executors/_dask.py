@@ -11,7 +11,7 @@ import os
 import traceback
 
 from ._base import Executor
-from ._task import run_chunk
+from ._task import run_chunk, set_threads_once
 
 logger = logging.getLogger("varlearn")
 
@@ -107,6 +107,8 @@ class DaskExecutor(Executor):
                 self._own_client = True
             else:
                 self._client = arg
+            # one kernel thread on every worker there is now (tasks set it again on workers that join later)
+            self._client.run(set_threads_once, self.threads)
         return self._client
 
     def close(self):

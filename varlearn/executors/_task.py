@@ -175,7 +175,8 @@ class FaultHook:
         raise RuntimeError(f"injected fault in chunk {self.chunk} (images {list(indices)})")
 
 
-def _set_threads_once(n):
+def set_threads_once(n):
+    """Set varlearn's kernel threads to ``n`` once in this process (``None``: leave them)."""
     if n is None or _threads_set["done"]:
         return
     from .._accel import set_threads  # noqa: PLC0415
@@ -253,7 +254,7 @@ def run_chunk(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm=N
     ChunkResult
     """
     t0 = time.perf_counter()
-    _set_threads_once(opts.threads)
+    set_threads_once(opts.threads)
     if opts.fault is not None:
         opts.fault(opts.tag, indices)
     spec = _with_data(spec, indices, data)

@@ -1,0 +1,299 @@
+"""Executors: certificates composed across chunks, serial and Dask runs, failures (stochastic-spec §3, §5).
+
+The tests marked ``dask`` run on one session ``LocalCluster`` of 2 single-threaded worker processes.
+"""
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pytest
+
+from varlearn.datasets import ImageCollection
+from varlearn.executors import (
+    Collector,
+    DenoisingDataset,
+    DistributedTaskError,
+    FaultHook,
+    SerialExecutor,
+    allocate,
+    executor_hypergradient,
+    executor_solve_lower,
+)
+from varlearn.hypergradient import hypergradient
+from varlearn.problems import DenoisingProblem, SquaredError
+from varlearn.regularizers import TotalVariation
+from varlearn.solvers import solve_lower
+
+THETA = np.array([-3.0, -2.0])
+N = 6
+
+
+@pytest.fixture(scope="module")
+def clean():
+    rng = np.random.default_rng(21)
+    base = np.kron(rng.random((N, 4, 4)), np.ones((8, 8)))  # piecewise-constant 32 x 32 images
+    return np.clip(base + 0.02 * rng.standard_normal(base.shape), 0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def spec(clean):
+    return DenoisingDataset(ImageCollection.from_array(clean), TotalVariation(), sigma=0.1, noise_seed=5)
+
+
+@pytest.fixture(scope="module")
+def inprocess(spec):
+    clean, noisy = spec.read_pairs(range(N))
+    return DenoisingProblem(noisy, TotalVariation()), SquaredError(clean)
+
+
+@pytest.fixture(scope="session")
+def client():
+    distributed = pytest.importorskip("distributed")
+    from varlearn.executors import TaskOptions, run_chunk
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    c = distributed.Client(cluster)
+    # warm up: every worker imports varlearn and loads the numba kernels once (seconds per process)
+    one = DenoisingDataset(ImageCollection.from_array(np.zeros((1, 8, 8))), TotalVariation(), sigma=0.1)
+    opts = TaskOptions(phase="grad", tag=("warm", "grad", "", 0), threads=1)
+    c.gather([c.submit(run_chunk, one, 0, (0,), THETA, 1e-2, 1e-2, 1, opts, workers=[w], pure=False)
+              for w in c.scheduler_info()["workers"]])
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _same(a, b, rtol):
+    for name in ("omega", "fun", "eps", "delta", "grad_U_norm"):
+        assert math.isclose(getattr(a, name), getattr(b, name), rel_tol=rtol, abs_tol=0.0), name
+    np.testing.assert_allclose(a.grad, b.grad, rtol=rtol, atol=0)
+
+
+def _stack(warm, n=N):
+    return np.stack([warm[i][0] for i in range(n)])
+
+
+def _check_against_inprocess(bh, hg):
+    np.testing.assert_allclose(bh.grad, hg.grad, rtol=1e-12, atol=0)
+    for mine, ref in ((bh.omega, hg.error_bound), (bh.fun, hg.upper_value), (bh.eps, hg.eps),
+                      (bh.delta, hg.delta), (bh.grad_U_norm, hg.upper_grad_norm)):
+        assert math.isclose(mine, float(ref), rel_tol=1e-12), (mine, ref)
+    assert bh.status == hg.status == "success" and bh.bound_exact is True
+
+
+# ----------------------------------------------------------------------------- serial (no Dask)
+def test_allocation_and_composed_certificate(spec, inprocess):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        sizes = rng.integers(1, 9, size=rng.integers(1, 7))
+        t = allocate(0.3, sizes)
+        assert math.isclose(math.fsum(v * v for v in t), 0.09, rel_tol=1e-13)
+        assert all(math.isclose(v, 0.3 * math.sqrt(n / sizes.sum())) for v, n in zip(t, sizes))
+    x_hat = solve_lower(inprocess[0], THETA, 1e-12).x
+    eps = 2e-2
+    for k in (1, 2, 4):
+        bh = SerialExecutor(images_per_task=k).hypergradient(spec, range(N), THETA, eps, eps)
+        sizes = [len(r.indices) for r in bh.per_chunk]
+        assert sizes == [len(p) for p in np.array_split(np.arange(N), math.ceil(N / k))]
+        for r, target in zip(bh.per_chunk, allocate(eps, sizes)):
+            assert math.sqrt(r.eps_sq) <= target and math.sqrt(r.delta_sq) <= target
+        assert math.isclose(bh.eps, math.sqrt(sum(r.eps_sq for r in bh.per_chunk)), rel_tol=1e-15)
+        assert bh.eps <= eps and bh.delta <= eps
+        # the composed ε certifies the stacked batch (x_hat solved to 1e-12)
+        x = _stack(bh.warm_out)
+        assert np.linalg.norm(x - x_hat) <= bh.eps + 1e-12
+        # the composed pieces are those of the stacked batch: U, ‖∇U‖, ‖J‖ (TV: Frobenius), CG residual
+        problem, upper = inprocess
+        q = np.stack([bh.warm_out[i][1] for i in range(N)])
+        assert math.isclose(bh.fun, float(upper.value(x)), rel_tol=1e-13)
+        assert math.isclose(bh.grad_U_norm, np.linalg.norm(upper.grad(x)), rel_tol=1e-13)
+        assert math.isclose(bh.constants["J_norm"], problem.mixed_norm_bound(x, THETA), rel_tol=1e-12)
+        assert np.linalg.norm(problem.hvp(x, THETA, q) - upper.grad(x)) <= bh.delta
+        np.testing.assert_allclose(bh.grad, -problem.mixed_vjp(x, THETA, q), rtol=1e-12, atol=1e-15)
+        assert bh.image_lower_iter == sum(r.n_lower_iter * len(r.indices) for r in bh.per_chunk)
+
+
+def test_serial_full_batch_is_the_inprocess_hypergradient(spec, inprocess):
+    problem, upper = inprocess
+    hg = hypergradient(problem, upper, THETA, 1e-3, 1e-3)
+    bh = SerialExecutor().hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert len(bh.per_chunk) == 1
+    _check_against_inprocess(bh, hg)
+    # the MAID adapters: the results of hypergradient() and solve_lower() on the stacked batch
+    r = executor_hypergradient(SerialExecutor(), spec, THETA, 1e-3, 1e-3, x0=hg.x)
+    hg2 = hypergradient(problem, upper, THETA, 1e-3, 1e-3, x0=hg.x)
+    np.testing.assert_array_equal(r.x, hg2.x)
+    np.testing.assert_allclose(r.grad, hg2.grad, rtol=1e-12, atol=0)
+    assert r.n_lower_iter == hg2.n_lower_iter and r.n_cg_iter == hg2.n_cg_iter
+    assert math.isclose(r.error_bound, hg2.error_bound, rel_tol=1e-12)
+    low = solve_lower(problem, THETA + 0.1, 1e-4)
+    t = executor_solve_lower(SerialExecutor(), spec, THETA + 0.1, 1e-4)
+    np.testing.assert_array_equal(t.x, low.x)
+    assert t.nit == low.nit and t.status == low.status and math.isclose(t.distance_bound, low.distance_bound)
+    assert math.isclose(t.upper_value, float(upper.value(low.x)), rel_tol=1e-13)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_omega_bounds_the_true_error(spec, inprocess, k):
+    problem, upper = inprocess
+    exact = hypergradient(problem, upper, THETA, 1e-11, 1e-11)
+    assert exact.success and exact.error_bound < 1e-6
+    for tol in (3e-2, 3e-3):
+        bh = SerialExecutor(images_per_task=k).hypergradient(spec, range(N), THETA, tol, tol)
+        err = np.linalg.norm(bh.grad - exact.grad)
+        assert bh.bound_exact and err <= bh.omega - exact.error_bound, (tol, err, bh.omega)
+        assert err > 0
+
+
+def test_raise_drop_and_retry(spec, tmp_path):
+    ref = SerialExecutor(images_per_task=2).hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    ex = SerialExecutor(images_per_task=2, task_retries=2)
+    ex.fault_hook = FaultHook(chunk=1)
+    with pytest.raises(DistributedTaskError, match=r"failed 3 time\(s\); images \[2, 3\]") as info:
+        ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert info.value.indices == (2, 3) and "injected fault" in info.value.details
+    ex = SerialExecutor(images_per_task=2, task_retries=1, on_task_failure="drop", max_drop_fraction=0.4)
+    ex.fault_hook = FaultHook(chunk=1)
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    kept = [ref.per_chunk[0], ref.per_chunk[2]]
+    assert bh.n_dropped == 1 and bh.dropped == (2, 3) and bh.n_images == 4 and bh.n_retries == 1
+    np.testing.assert_allclose(bh.grad, 1.5 * (kept[0].grad + kept[1].grad), rtol=1e-15)
+    assert math.isclose(bh.fun, 1.5 * (kept[0].fun + kept[1].fun), rel_tol=1e-15)
+    assert bh.eps < ref.eps and math.isfinite(bh.omega) and set(bh.warm_out) == {0, 1, 4, 5}
+    ex.max_drop_fraction = 0.3
+    with pytest.raises(DistributedTaskError, match="max_drop_fraction"):
+        ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    # a fault that happens once is retried under a new attempt and changes nothing
+    ex = SerialExecutor(images_per_task=2)
+    ex.fault_hook = FaultHook(chunk=2, marker=str(tmp_path / "once"))
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert (tmp_path / "once").exists() and bh.n_retries == 1
+    _same(bh, ref, 0.0)
+
+
+def test_stale_and_duplicate_results_are_discarded(spec):
+    ex = SerialExecutor(images_per_task=3)
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    r0, r1 = bh.per_chunk
+    col = Collector([r0.tag, r1.tag])
+    assert col.add(r1) and col.missing() == [0]
+    assert not col.add(r1)  # duplicate
+    assert not col.add(dataclasses.replace(r0, tag=r0.tag[:2] + ("0" * 16, 0)))  # another θ
+    other = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3).per_chunk[0]
+    assert not col.add(other)  # a result of another call
+    assert col.n_discarded == 3 and col.add(r0) and col.missing() == []
+    assert col.results == [r0, r1]
+
+
+def test_bad_arguments(spec):
+    with pytest.raises(ValueError, match="images_per_task"):
+        SerialExecutor(images_per_task=0)
+    with pytest.raises(ValueError, match="on_task_failure"):
+        SerialExecutor(on_task_failure="ignore")
+    with pytest.raises(ValueError, match="task_retries"):
+        SerialExecutor(task_retries=-1)
+    with pytest.raises(ValueError, match="eps"):
+        SerialExecutor().hypergradient(spec, range(N), THETA, -1.0, 1e-3)
+    with pytest.raises(ValueError, match="theta"):
+        SerialExecutor().hypergradient(spec, range(N), THETA[:1], 1e-3, 1e-3)
+    with pytest.raises(ValueError, match="indices"):
+        SerialExecutor().trial(spec, [0, N], THETA, 1e-3)
+    with pytest.raises(ValueError, match="sigma"):
+        DenoisingDataset(spec.collection, TotalVariation())
+    with pytest.raises(ValueError, match="noise"):
+        DenoisingDataset(spec.collection, TotalVariation(), sigma=0.1, noise="new")
+
+
+# ----------------------------------------------------------------------------- Dask
+@pytest.mark.dask
+def test_dask_full_batch_equals_inprocess(client, spec, inprocess):
+    from varlearn.executors import DaskExecutor
+
+    problem, upper = inprocess
+    hg = hypergradient(problem, upper, THETA, 1e-3, 1e-3)
+    ex = DaskExecutor(client=client, images_per_task=N)
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert len(bh.per_chunk) == 1 and not bh.per_chunk[0].worker.endswith(f":{os.getpid()}")
+    _check_against_inprocess(bh, hg)
+    exact = hypergradient(problem, upper, THETA, 1e-11, 1e-11)
+    assert np.linalg.norm(bh.grad - exact.grad) <= bh.omega - exact.error_bound
+
+
+@pytest.mark.dask
+def test_dask_per_image_equals_serial(client, spec):
+    from varlearn._accel import get_threads
+    from varlearn.executors import DaskExecutor
+
+    ser = SerialExecutor(images_per_task=1)
+    ex = DaskExecutor(client=client, images_per_task=1)
+    warm = {i: (np.full((32, 32), 0.5), None) for i in (1, 4)}
+    a = ser.hypergradient(spec, range(N), THETA, 1e-3, 1e-3, warm=warm)
+    b = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3, warm=warm)
+    _same(a, b, 0.0)
+    assert a.image_lower_iter == b.image_lower_iter and a.image_cg_iter == b.image_cg_iter
+    for i in range(N):
+        np.testing.assert_array_equal(a.warm_out[i][0], b.warm_out[i][0])
+    ta, tb = ser.trial(spec, [5, 0, 2], THETA + 0.2, 1e-3), ex.trial(spec, [5, 0, 2], THETA + 0.2, 1e-3)
+    assert ta.fun == tb.fun and ta.eps == tb.eps and ta.image_lower_iter == tb.image_lower_iter
+    assert set(client.run(get_threads).values()) == {1}  # the workers run the kernels on one thread
+
+
+@pytest.mark.dask
+def test_workers_read_the_same_images_and_noise(client, clean, tmp_path):
+    import dask.array as da
+    import imageio.v3 as iio
+
+    from varlearn.executors import DaskExecutor
+
+    px = (clean * 255).round().astype(np.uint8)
+    (tmp_path / "f").mkdir()
+    for k in range(N):
+        iio.imwrite(tmp_path / "f" / f"im{k}.png", px[k])
+    colls = [ImageCollection.from_folder(tmp_path / "f"), ImageCollection.from_array(px),
+             ImageCollection.from_dask(da.from_array(px, chunks=(2, 32, 32)))]
+    idx = [4, 1, 5]
+    local = colls[1].read_pairs(idx, sigma=0.05, seed=9)
+    # a folder read by each worker (a Dask collection is read through futures by the executor, below)
+    got = client.gather([client.submit(colls[0].read_pairs, idx, sigma=0.05, seed=9, workers=[w], pure=False)
+                         for w in client.scheduler_info()["workers"]])
+    assert len(got) == 2
+    for clean_w, noisy_w in got:
+        np.testing.assert_array_equal(clean_w, local[0])
+        np.testing.assert_array_equal(noisy_w, local[1])
+    # through the executor: a Dask collection (rows computed into futures) is the in-memory one
+    ex = DaskExecutor(client=client, images_per_task=2)
+    specs = [DenoisingDataset(c, TotalVariation(), sigma=0.05, noise_seed=9) for c in colls]
+    ref = ex.hypergradient(specs[1], range(N), THETA, 1e-3, 1e-3)
+    for s in (specs[0], specs[2]):
+        _same(ex.hypergradient(s, range(N), THETA, 1e-3, 1e-3), ref, 0.0)
+
+
+@pytest.mark.dask
+def test_dask_erred_task_raises_or_drops(client, spec):
+    from varlearn.executors import DaskExecutor
+
+    ex = DaskExecutor(client=client, images_per_task=2, task_retries=1)
+    ex.fault_hook = FaultHook(chunk=2)
+    with pytest.raises(DistributedTaskError, match=r"images \[4, 5\]") as info:
+        ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert info.value.indices == (4, 5) and "RuntimeError" in info.value.details
+    ex = DaskExecutor(client=client, images_per_task=2, task_retries=0, on_task_failure="drop",
+                      max_drop_fraction=0.34)
+    ex.fault_hook = FaultHook(chunk=2)
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert bh.n_dropped == 1 and bh.dropped == (4, 5) and bh.n_images == 4 and set(bh.warm_out) == {0, 1, 2, 3}
+
+
+@pytest.mark.dask
+def test_killed_worker_gives_the_same_result(client, spec, tmp_path):
+    from varlearn.executors import DaskExecutor
+
+    ref = SerialExecutor(images_per_task=1).hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    ex = DaskExecutor(client=client, images_per_task=1)
+    ex.fault_hook = FaultHook(chunk=3, mode="exit", marker=str(tmp_path / "killed"))
+    bh = ex.hypergradient(spec, range(N), THETA, 1e-3, 1e-3)
+    assert (tmp_path / "killed").exists()  # a worker really died running chunk 3
+    _same(bh, ref, 0.0)
+    for i in range(N):
+        np.testing.assert_array_equal(bh.warm_out[i][0], ref.warm_out[i][0])
