@@ -253,3 +253,34 @@ def test_squared_error_gradient(xp, rng):
 
     assert check_upper(U, xp.asarray(rng.rand(3, 5, 6)), rng=rng).ok
     assert U.lipschitz() == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- the problem's fused pass (C4)
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_denoising_fused_grad_is_the_generic_step(name, dtype, accel, rng):
+    """DenoisingProblem.fused_grad (the regularizer's fused pass) == LowerProblem's generic default."""
+    reg, theta = REGULARIZERS[name](np.random.RandomState(5))
+    theta = _theta(reg, theta, np.random.default_rng(1), np)
+    noisy = rng.rand(2, 9, 8).astype(dtype)
+    prob = vl.DenoisingProblem(noisy, reg)
+    x = (noisy + 0.05 * rng.randn(*noisy.shape)).astype(dtype)
+    x_prev = (noisy + 0.05 * rng.randn(*noisy.shape)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for beta, step in ((0.0, None), (0.6, None), (0.0, 0.3), (0.6, 0.3)):
+        out, gn = prob.fused_grad(x, theta, x_prev=x_prev, beta=beta, step=step)
+        ref, gn_ref = vl.LowerProblem.fused_grad(prob, x, theta, x_prev=x_prev, beta=beta, step=step)
+        z = x + beta * (x - x_prev)
+        g = (z - noisy) + reg.grad(z, theta)  # the objective's gradient from the parts
+        want = g if step is None else z - step * g
+        assert out.dtype == dtype and out.shape == x.shape
+        scale = float(np.linalg.norm(want.astype(np.float64))) + 1e-300
+        assert float(np.linalg.norm((out - want).astype(np.float64))) <= tol * scale, (beta, step)
+        assert float(np.linalg.norm((out - ref).astype(np.float64))) <= tol * scale, (beta, step)
+        assert gn == pytest.approx(float(np.linalg.norm(g.astype(np.float64))), rel=10 * tol)
+        assert gn == pytest.approx(gn_ref, rel=10 * tol)
+    np.testing.assert_array_equal(prob.grad(x, theta), prob.fused_grad(x, theta)[0])
+    v = rng.randn(*noisy.shape).astype(dtype)
+    hv = prob.hvp(x, theta, v)
+    want = v + reg.hvp(x, theta, v)
+    assert float(np.linalg.norm((hv - want).astype(np.float64))) <= tol * float(np.linalg.norm(want))

@@ -350,3 +350,23 @@ def test_generic_fused_grad_of_a_problem_without_a_kernel(rng):
     assert out is buf and np.array_equal(buf, prob.grad(x, theta))
     with pytest.raises(TypeError, match="abstract"):
         vl.LowerProblem()
+
+
+def test_fixed_step_fista_is_one_fused_call_per_iteration(rng, monkeypatch):
+    """Without backtracking every iteration is one regularizer.fused_grad call with extrapolation and step."""
+    prob = _tv(rng)
+    reg = prob.regularizer
+    calls = []
+    fused = reg.fused_grad
+
+    def spy(x, theta, y=None, data_w=0.0, **kw):
+        calls.append(kw)
+        return fused(x, theta, y, data_w, **kw)
+
+    monkeypatch.setattr(reg, "fused_grad", spy)
+    with pytest.warns(ConvergenceWarning, match="maxiter"):
+        solve_lower(prob, np.array([-2.0, -6.0]), 1e-14, maxiter=20, backtracking=False)
+    steps = [c for c in calls if c["step"] is not None]
+    assert len(steps) == 20 and len(calls) == 22  # + the start point's gradient and the certificate at exit
+    assert all(c["x_prev"] is not None and c["out"] is not None for c in steps)
+    assert sum(c["beta"] != 0 for c in steps) == 19  # t_1 = 1: the first step does not extrapolate

@@ -68,10 +68,6 @@ class DenoisingProblem(LowerProblem):
 
     def grad(self, x, theta):
         r""":math:`x - y + \nabla_x R(x, \theta)`: the array :meth:`fused_grad` computes without a step."""
-        if getattr(self.regularizer, "fused_grad", None) is None:  # transitional, until C1 lands
-            if hasattr(self.regularizer, "grad_data"):
-                return self.regularizer.grad_data(x, theta, self.noisy, 1.0)
-            return (x - self.noisy) + self.regularizer.grad(x, theta)
         return self.fused_grad(x, theta)[0]
 
     def fused_grad(self, x, theta, *, x_prev=None, beta=0.0, step=None, out=None):
@@ -80,19 +76,11 @@ class DenoisingProblem(LowerProblem):
         See :meth:`LowerProblem.fused_grad`; a regularizer whose (operator, potential)
         pair has a registered kernel runs the whole FISTA step in one pass.
         """
-        fused = getattr(self.regularizer, "fused_grad", None)
-        if fused is None:  # transitional, until C1 lands: the generic default through grad()
-            return super().fused_grad(x, theta, x_prev=x_prev, beta=beta, step=step, out=out)
-        return fused(x, theta, self.noisy, 1.0, x_prev=x_prev, beta=beta, step=step, out=out)
+        return self.regularizer.fused_grad(x, theta, self.noisy, 1.0, x_prev=x_prev, beta=beta, step=step, out=out)
 
     def hvp(self, x, theta, v):
         r""":math:`v + \nabla^2_{xx}R(x, \theta)\,v` by ``regularizer.fused_hvp(x, theta, v, data_w=1)``."""
-        fused = getattr(self.regularizer, "fused_hvp", None)
-        if fused is not None:
-            return fused(x, theta, v, 1.0)
-        if hasattr(self.regularizer, "hvp_data"):  # transitional, until C1 lands
-            return self.regularizer.hvp_data(x, theta, v, 1.0)
-        return v + self.regularizer.hvp(x, theta, v)
+        return self.regularizer.fused_hvp(x, theta, v, 1.0)
 
     def mixed_vjp(self, x, theta, w):
         return self.regularizer.mixed_vjp(x, theta, w)
