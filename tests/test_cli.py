@@ -411,13 +411,18 @@ def learn_argv(pairs, out, *extra):
     return ["learn", "--clean", str(clean), "--noisy", str(noisy), "--out", str(out), *FAST, *extra]
 
 
-def on_iteration(monkeypatch, k, action):
-    """Run ``action()`` in the optimiser's callback after outer iteration ``k`` (its checkpoint is written)."""
+def on_iteration(monkeypatch, k, action, seen=None):
+    """Run ``action()`` in the optimiser's callback after outer iteration ``k`` (its checkpoint is written).
+
+    ``seen``: a list that gets the iteration number of every callback.
+    """
     real = cli_learn.minimize_bilevel
 
     def wrapped(*args, callback=None, **kwargs):
         def cb(r):
             callback(r)
+            if seen is not None:
+                seen.append(r.nit)
             if r.nit == k:
                 action()
 
@@ -786,7 +791,11 @@ def test_isgd_interrupt_then_resume_matches_an_uninterrupted_run(pairs4, tmp_pat
     assert load_checkpoint(cut / "checkpoint.npz")[0]["k"] == 4 and not (cut / "params.json").exists()
     monkeypatch.undo()
     _expect_usage_error(capsys, ["learn", "--resume", cut, "--batch-size", "1"], "--batch-size", "cannot be changed")
+    steps = []
+    on_iteration(monkeypatch, -1, lambda: None, seen=steps)
     assert main(["learn", "--resume", str(cut), *ISGD_FAST, "--quiet"]) == 0
+    assert steps == [5, 6]  # the resumed session recomputed only the steps after the checkpoint
+    monkeypatch.undo()
     assert main(isgd_argv(pairs4, full, *common)) == 0
     resumed, uninterrupted = (json.loads((r / "params.json").read_text()) for r in (cut, full))
     assert resumed["nit"] == uninterrupted["nit"] == 6
