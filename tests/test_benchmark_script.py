@@ -73,7 +73,8 @@ def test_benchmark_smoke(tmp_path, capsys):
     mod = _load()
     assert mod.main(["--quick", "--backend", "numpy", "--dtype", "float64", "--repeat", "1", "--fista-iters", "4",
                      "--foe-backend", "none", "--logistic-rows", "300", "--json", str(out)]) == 0
-    assert "Exponent" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Exponent" in printed
     data = json.loads(out.read_text())
     tv = [r for r in data["results"] if r["model"].startswith("tv")]
     assert len(tv) == 4 and {r["dtype"] for r in tv} == {"float64"}
@@ -81,6 +82,14 @@ def test_benchmark_smoke(tmp_path, capsys):
     for r in tv:
         assert 4 <= r["fista_iterations"] <= 5 and r["ratios_to_copy"]["fista_iter"] > 0
         assert r["times"]["grad"]["best"] <= r["times"]["grad"]["median"]
+    # the user's composition is timed against anisotropic TV, and finds the same kernel
+    users = [r["user_composition"] for r in tv if "user_composition" in r]
+    assert len(users) == 2 and all(r["model"] == "tv_aniso" for r in tv if "user_composition" in r)
+    for u in users:
+        assert u["kernel"] == ("FiniteDifference+SmoothedL1 (numba)" if importlib.util.find_spec("numba") else None)
+        assert u["ratio"] == pytest.approx(u["fista_iter_user"] / u["fista_iter_builtin"])
+        assert math.isfinite(u["ratio"]) and u["ratio"] > 0
+    assert "User composition PotentialRegularizer(FiniteDifference(), SmoothedL1())" in printed
     (lg,) = [r for r in data["results"] if r["model"] == "logistic"]
     assert lg["settings"] == {"n": 300, "d": 144, "c": 10} and lg["grad_rel_diff_to_ref"] < 1e-12
     assert len(data["exponents"]) == 2 and all(math.isfinite(f["grad"]) for f in data["exponents"])
