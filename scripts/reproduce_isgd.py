@@ -23,7 +23,7 @@ end the PSNR on the training and held-out images (estimate clipped to [0, 1]).
 filters 3×3 (FoE), tiny budgets, one seed: seconds (the test suite runs it).
 ``--time-cap SEC``: runs not started SEC seconds after a problem began are
 skipped and listed.  Data come from ``--data-dir`` or the shared offline copy
-(:func:`varlearn.datasets.shared_data_dir`).
+(:func:`varlearn.datasets.shared_data_dir`).  ``--threads N`` caps the kernel and BLAS threads.
 
 Writes ``metrics.json`` (every run, the summary per method, the claims) and
 ``isgd_{tv,foe}_loss_vs_cost.png`` into ``--out``.
@@ -35,7 +35,6 @@ import sys
 
 from varlearn import experiments as E
 from varlearn import isgd_experiment as I
-from varlearn.datasets import shared_data_dir
 
 FRACTIONS = (0.25, 0.5, 1.0)
 BUDGET = {"tv": 2.4e5, "foe": 6e4}
@@ -78,13 +77,11 @@ def parser():
 
 
 def build(args, name):
-    data_dir = args.data_dir or shared_data_dir("kodak")
-    if name == "tv":
-        task = E.load_data(I.tv_task, data_dir, quick=args.quick)
-        return task, I.tv_runs(args.quick, seeds=range(args.seeds), batch_size=args.tv_batch)
-    task = E.load_data(I.foe_task, data_dir, n_filters=args.foe_filters, filter_size=args.foe_filter_size,
-                       n_crops=args.foe_crops, crop=args.foe_crop, quick=args.quick)
-    return task, I.foe_runs(args.quick, seeds=range(args.foe_seeds), batch_size=args.foe_batch)
+    scale = {"n_filters": args.foe_filters, "filter_size": args.foe_filter_size, "n_crops": args.foe_crops,
+             "crop": args.foe_crop} if name == "foe" else {}
+    return E.load_data(I.build, name, args.data_dir, quick=args.quick,
+                       seeds=args.seeds if name == "tv" else args.foe_seeds,
+                       batch_size=args.tv_batch if name == "tv" else args.foe_batch, **scale)
 
 
 def main(argv=None):

@@ -48,7 +48,7 @@ from .regularizers import FieldOfExperts, TotalVariation
 logger = logging.getLogger("varlearn")
 
 __all__ = ["Task", "RunSpec", "tv_task", "foe_task", "kodak_crops", "tv_runs", "foe_runs", "run_one", "baseline",
-           "compare", "summary", "claims", "table", "plot_curves", "KODAK_TV", "FOE_CPU"]
+           "compare", "summary", "claims", "table", "plot_curves", "build", "cost_to_reach", "KODAK_TV", "FOE_CPU"]
 
 #: the Kodak TV setting of REPRODUCTION.md (reproduce_tv.py)
 KODAK_TV = {"n_images": 24, "size": 96, "sigma": 0.1, "noise_seed": 19, "theta0": (-5.0, -5.0), "f_star": 8.34624}
@@ -411,6 +411,27 @@ def claims(records, fractions=(0.25, 0.5, 1.0)):
     if pairs:
         out["adam_vs_sgd"] = pairs
     return out
+
+
+def build(name, data_dir=None, *, quick=False, seeds=1, batch_size=None, **scale):
+    """``(task, specs)`` of problem ``name`` (``"tv"`` or ``"foe"``): :func:`tv_task`/:func:`foe_task` and their runs.
+
+    ``scale``: keyword arguments of :func:`foe_task` (``n_filters``,
+    ``filter_size``, ``n_crops``, ``crop``); ``batch_size`` of ISGD (default
+    4 for TV, 8 for FoE); ``seeds``: ISGD seeds.
+    """
+    if name == "tv":
+        return tv_task(data_dir, quick=quick), tv_runs(quick, seeds=range(seeds), batch_size=batch_size or 4)
+    if name == "foe":
+        return (foe_task(data_dir, quick=quick, **scale),
+                foe_runs(quick, seeds=range(seeds), batch_size=batch_size or 8))
+    raise ValueError(f"name must be 'tv' or 'foe', got {name!r}")
+
+
+def cost_to_reach(record, target):
+    """The smallest evaluated cost at which the run's training loss was ``<= target`` (None if never)."""
+    hits = [p["cost"] for p in record["points"] if p["f_train"] <= target]
+    return min(hits) if hits else None
 
 
 # --------------------------------------------------------------------------- reporting
