@@ -77,6 +77,23 @@ def _float_or_none(v):
     return None if v is None else _from_json_float(v)
 
 
+#: options that hold live objects: used by the run, never written to a checkpoint
+_RUNTIME_OPTIONS = frozenset({"executor"})
+
+
+def _executor_spec(problem, upper):
+    """The task description of ``problem`` and ``upper`` for the option ``executor`` (NumPy denoising only)."""
+    from ..executors import DenoisingDataset  # noqa: PLC0415
+
+    if problem.xp is not np:
+        raise ValueError("option 'executor' needs a problem on NumPy (the tasks run on host arrays), got one on "
+                         f"{problem.xp.__name__}")
+    try:
+        return DenoisingDataset.from_problem(problem, upper)
+    except TypeError as exc:
+        raise ValueError(f"option 'executor' needs a DenoisingProblem with a SquaredError loss: {exc}") from None
+
+
 class BilevelSolver(abc.ABC):
     """Base class of the upper-level solvers :class:`MAID`, :class:`FixedAccuracy`, :class:`HOAG`.
 
@@ -142,8 +159,11 @@ class BilevelSolver(abc.ABC):
             raise ValueError(f"option 'image_budget' needs a separable problem (image units, docs/developer.md "
                              f"§1.4); {type(problem).__name__} is not separable, got "
                              f"image_budget={opts['image_budget']!r}")
-        return BilevelState(problem, upper, theta.copy(), self.method, opts, BoundEstimator(seed=opts["seed"]),
-                            n_images=n_images)
+        state = BilevelState(problem, upper, theta.copy(), self.method, opts, BoundEstimator(seed=opts["seed"]),
+                             n_images=n_images)
+        if state.executor is not None:
+            state.spec = _executor_spec(problem, upper)
+        return state
 
     def update(self, state):
         """One outer iteration: advances ``state`` in place (one history row) and returns it.
@@ -288,14 +308,21 @@ class BilevelSolver(abc.ABC):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)
-                r = solve_lower(state.problem, theta, tol, x0=x0, maxiter=o["lower_maxiter"],
-                                backtracking=o["backtracking_lower"], L0=self._L0(state))
+                if state.executor is None:
+                    r = solve_lower(state.problem, theta, tol, x0=x0, maxiter=o["lower_maxiter"],
+                                    backtracking=o["backtracking_lower"], L0=self._L0(state))
+                else:  # an overflowing task reports status "nan"
+                    from ..executors import executor_solve_lower  # noqa: PLC0415
+
+                    r = executor_solve_lower(state.executor, state.spec, theta, tol, x0=x0,
+                                             maxiter=o["lower_maxiter"], backtracking=o["backtracking_lower"],
+                                             L0=self._L0(state))
         except (OverflowError, FloatingPointError) as exc:
             logger.info("trial point rejected: %s", exc)
             return None
         for w in caught:
             logger.info("lower-level solve: %s", w.message)
-        state.n_lower_iter += r.nit + r.n_hvp
+        state.add_cost(r.nit + r.n_hvp, image_lower=r.get("image_lower_iter"))
         if r.status == "nan" or not math.isfinite(r.distance_bound):
             logger.info("trial point rejected: the lower-level solve produced non-finite values")
             return None
@@ -306,13 +333,17 @@ class BilevelSolver(abc.ABC):
         """The hypergradient at ``state.theta`` to (``eps``, ``delta``), warm-started; costs counted."""
         o = state.options
         q0 = state.q_warm if o["warm_start_cg"] else None
-        hg = hypergradient(state.problem, state.upper, state.theta, eps, delta, x0=state.x_warm, q0=q0,
-                           bound=bound, estimator=state.estimator, lower_maxiter=o["lower_maxiter"],
-                           cg_maxiter=o["cg_maxiter"], backtracking=o["backtracking_lower"],
-                           lower_L0=self._L0(state), constants=o.get("bound_constants", "exact"))
+        kw = dict(x0=state.x_warm, q0=q0, bound=bound, estimator=state.estimator, lower_maxiter=o["lower_maxiter"],
+                  cg_maxiter=o["cg_maxiter"], backtracking=o["backtracking_lower"], lower_L0=self._L0(state),
+                  constants=o.get("bound_constants", "exact"))
+        if state.executor is None:
+            hg = hypergradient(state.problem, state.upper, state.theta, eps, delta, **kw)
+        else:
+            from ..executors import executor_hypergradient  # noqa: PLC0415
+
+            hg = executor_hypergradient(state.executor, state.spec, state.theta, eps, delta, **kw)
         state.L_last = hg.lower.L
-        state.n_lower_iter += hg.n_lower_iter
-        state.n_cg_iter += hg.n_cg_iter
+        state.add_cost(hg.n_lower_iter, hg.n_cg_iter, hg.get("image_lower_iter"), hg.get("image_cg_iter"))
         if o["warm_start_cg"]:
             state.q_warm = hg.q
         return hg
@@ -368,9 +399,11 @@ class BilevelSolver(abc.ABC):
         """
         meta = {
             "kind": "varlearn-bilevel", "method": self.method,
-            "options": {k: _json_float(v) if isinstance(v, float) else v for k, v in state.options.items()},
+            "options": {k: _json_float(v) if isinstance(v, float) else v for k, v in state.options.items()
+                        if k not in _RUNTIME_OPTIONS},
             "k": state.k, "eps": _json_float(state.eps), "delta": _json_float(state.delta),
             "step": _json_float(state.step), "n_lower": state.n_lower_iter, "n_cg": state.n_cg_iter,
+            "image_lower": _json_float(state.image_lower_iter), "image_cg": _json_float(state.image_cg_iter),
             "elapsed": state.elapsed,
             "history": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in row.items()}
                         for row in state.history],
@@ -407,6 +440,13 @@ class BilevelSolver(abc.ABC):
         state.delta = _from_json_float(meta["delta"])
         state.step = _float_or_none(meta["step"])
         state.n_lower_iter, state.n_cg_iter = int(meta["n_lower"]), int(meta["n_cg"])
+        scale = math.nan if state.n_images is None else state.n_images  # older checkpoints: in-process counts
+        image = [meta.get(k) for k in ("image_lower", "image_cg")]
+        state.image_lower_iter, state.image_cg_iter = (
+            (_from_json_float(image[0]), _from_json_float(image[1])) if None not in image
+            else (state.n_lower_iter * scale, state.n_cg_iter * scale))
+        if state.n_images is not None:  # whole image-iterations are counted as ints
+            state.image_lower_iter, state.image_cg_iter = int(state.image_lower_iter), int(state.image_cg_iter)
         state.elapsed = float(meta["elapsed"])
         state.t_start = time.perf_counter()
         state.history = [{k: (_from_json_float(v) if k in FLOAT_FIELDS else v) for k, v in upgrade_row(row).items()}

@@ -121,7 +121,14 @@ def minimize_bilevel(problem, upper, theta0, method="maid", options=None, callba
       iteration;
     * ``"callback_stop"``: the callback raised ``StopIteration``.
 
-    Options and defaults: :data:`varlearn.bilevel.options.DEFAULTS`.
+    Options and defaults: :data:`varlearn.bilevel.options.DEFAULTS`.  The
+    common option ``executor`` (None by default) runs the full-batch solves of
+    ``"maid"``, ``"fixed"`` and ``"hoag"`` on an executor of
+    :mod:`varlearn.executors` (a NumPy ``DenoisingProblem`` with a
+    ``SquaredError``): with one task for the whole batch the run is the
+    in-process run bit for bit; with smaller tasks every image is solved to its
+    share of the batch accuracy (stochastic-spec §3) and the image counters are
+    the tasks' own.
 
     Parameters
     ----------

@@ -26,6 +26,7 @@ _COMMON = {
     "checkpoint_interval": 5.0,  # at least this many seconds between checkpoints (0: every eligible iteration)
     "backtracking_lower": "auto",  # FISTA backtracking on L (see solve_lower)
     "seed": 0,                 # random state of the bound estimator
+    "executor": None,          # None: solves in this process; an executor object (varlearn.executors)
 }
 
 DEFAULTS = {
@@ -151,6 +152,11 @@ def resolve_options(method, options, *, stacklevel=3):
         elif k == "decay":
             if v not in ("geometric", "quadratic", "cubic"):
                 raise _bad(k, v, "must be 'geometric', 'quadratic' or 'cubic'")
+        elif k == "executor":
+            methods = [callable(getattr(v, name, None)) for name in ("hypergradient", "trial")]
+            if v is not None and not all(methods):
+                raise _bad(k, v, "must be None or an executor object (varlearn.executors: hypergradient and trial "
+                                 "methods)")
         elif k == "seed":
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise _bad(k, v, "must be a non-negative integer")

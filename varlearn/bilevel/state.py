@@ -48,9 +48,13 @@ class BilevelState:
         one iteration over the whole batch counts 1).
     cost : int
         ``n_lower_iter + n_cg_iter`` (read only).
-    image_lower_iter, image_cg_iter, image_cost : float
-        The same counters in image units, ``× n_images`` (read only; NaN for a
-        non-separable problem; ``docs/developer.md`` §1.4).
+    image_lower_iter, image_cg_iter : int or float
+        The same counters in image units (one iteration on one image = 1): an
+        in-process solve of the stacked problem adds ``nit × n_images``, a
+        solve on an executor the image-iterations its tasks report; NaN for a
+        non-separable problem (``docs/developer.md`` §1.4).
+    image_cost : int or float
+        ``image_lower_iter + image_cg_iter`` (read only).
     n_images : int or None
         Samples per batched solve for the image-cost counters
         (``problem.n_samples`` of a separable problem); ``None`` for a
@@ -74,6 +78,10 @@ class BilevelState:
         Final FISTA step constant of the latest solve (warm start of the next).
     stationarity : tuple (float, bool)
         At an ``accuracy_floor``: (bound on ‖∇f(θ)‖, whether it is certified).
+    executor : object or None
+        The executor of the option ``executor`` (None: solves in this process).
+    spec : DenoisingDataset or None
+        The task description the executor solves (``DenoisingDataset.from_problem``).
     L_hoag, eps_scale, eps_prev :
         HOAG's step constant L (step 1/L), the factor of its tolerance
         schedule (halved on a rejected step) and the previous tolerance.
@@ -95,6 +103,9 @@ class BilevelState:
         self.n_lower_iter = 0
         self.n_cg_iter = 0
         self.n_images = n_images
+        self.image_lower_iter = self.image_cg_iter = 0 if n_images is not None else math.nan
+        self.executor = options.get("executor")
+        self.spec = None
         self.elapsed = 0.0
         self.t_start = time.perf_counter()
         self.x_warm = None
@@ -114,23 +125,22 @@ class BilevelState:
         """``n_lower_iter + n_cg_iter`` (stacked units)."""
         return self.n_lower_iter + self.n_cg_iter
 
-    def _images(self, n):
-        return math.nan if self.n_images is None else n * self.n_images
+    def add_cost(self, n_lower=0, n_cg=0, image_lower=None, image_cg=None):
+        """Count ``n_lower`` lower-level iterations and ``n_cg`` CG products (stacked units).
 
-    @property
-    def image_lower_iter(self):
-        """Lower-level iterations in image units (``n_lower_iter × n_images``; NaN if not separable)."""
-        return self._images(self.n_lower_iter)
-
-    @property
-    def image_cg_iter(self):
-        """CG products in image units (``n_cg_iter × n_images``; NaN if not separable)."""
-        return self._images(self.n_cg_iter)
+        ``image_lower`` / ``image_cg``: the same in image units when the solver
+        reported them (an executor); by default ``n × n_images`` (NaN if not separable).
+        """
+        self.n_lower_iter += n_lower
+        self.n_cg_iter += n_cg
+        scale = math.nan if self.n_images is None else self.n_images
+        self.image_lower_iter += n_lower * scale if image_lower is None else image_lower
+        self.image_cg_iter += n_cg * scale if image_cg is None else image_cg
 
     @property
     def image_cost(self):
         """``image_lower_iter + image_cg_iter``."""
-        return self._images(self.cost)
+        return self.image_lower_iter + self.image_cg_iter
 
     @property
     def wall_time(self):
