@@ -229,7 +229,7 @@ def test_executor_option_runs_the_solves_on_an_executor(tmp_path):
     from varlearn.executors import SerialExecutor
 
     prob, U = tv_problem()
-    for method, (cls, opts) in CASES.items():
+    for cls, opts in CASES.values():
         ref = cls(**opts).run(prob, U, THETA0)
         assert_same_run(cls(**opts, executor=SerialExecutor()).run(prob, U, THETA0), ref)
 
