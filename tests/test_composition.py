@@ -277,10 +277,18 @@ class _ScaledDifferences(LinearOperator):
         return (u * _d(x)).sum(axis=tuple(i for i in range(u.ndim) if i != u.ndim - 3))
 
 
-def test_composite_per_channel_derivatives(rng):
+class _NotHomogeneous(SmoothedL1):
+    homogeneity = None  # forces the mixed derivative through d1_dnu
+
+
+@pytest.mark.parametrize("pot", [SmoothedL1(), vl.potentials.LogStudentT(), _NotHomogeneous()],
+                         ids=["l1-a1", "student-a0", "l1-no-a"])
+def test_composite_per_channel_derivatives(rng, pot):
     x, w = rng.randn(2, 7, 6), rng.randn(2, 7, 6)
     lam, nu = np.array([0.3, 0.7]), np.array([0.2, 0.5])
-    comp = Composite(_ScaledDifferences([1.3, 0.6]), SmoothedL1())
+    if not pot.convex:
+        lam = 0.1 * lam
+    comp = Composite(_ScaledDifferences([1.3, 0.6]), pot)
     check_grad(lambda y: comp.value(y, lam, nu), lambda y: comp.grad(y, lam, nu), x, rng=rng, raise_error=True)
     check_hvp(lambda y: comp.grad(y, lam, nu), lambda y, v: comp.hvp(y, lam, nu, v), x, rng=rng, raise_error=True)
     d_lam, d_nu, d_op = comp.mixed(x, lam, nu, w, op_params=True)
@@ -289,7 +297,7 @@ def test_composite_per_channel_derivatives(rng):
                h0=0.05)
 
     def with_a(a):
-        return Composite(_ScaledDifferences(a), SmoothedL1())
+        return Composite(_ScaledDifferences(a), pot)
 
     a0 = np.array([1.3, 0.6])
     check_grad(lambda a: np.vdot(w, with_a(a).grad(x, lam, nu)), lambda a: np.asarray(d_op), a0, rng=rng,

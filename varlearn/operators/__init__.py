@@ -6,15 +6,7 @@ Every operator derives from :class:`LinearOperator` (``apply``, ``adjoint``,
 :class:`FiniteDifference` and :class:`FilterBank`.
 """
 from .base import Identity, LinearOperator
+from .filterbank import FilterBank
 from .finite_difference import FiniteDifference
 
 __all__ = ["LinearOperator", "Identity", "FiniteDifference", "FilterBank"]
-
-
-def __getattr__(name):
-    # FilterBank is imported on first use: its module imports this package (no import cycle)
-    if name == "FilterBank":
-        from .._filterbank import FilterBank
-
-        return FilterBank
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,25 +16,12 @@ import math
 import numpy as np
 
 from ..backend import get_namespace, to_numpy
+from ..linalg import gradient_step, norm64
 from ..operators import Identity, LinearOperator
 from ..potentials import Potential, Quadratic
-from .composite import Composite, norm64, potential_grad_error
+from .composite import Composite, potential_grad_error
 
-__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "potential_grad_error",
-           "gradient_step"]
-
-
-def gradient_step(z, g, step, out):
-    """``g`` (``step`` None) or ``z - step * g``, written into ``out`` when given (the end of a fused pass)."""
-    xp = get_namespace(z, g)
-    if step is None:
-        if out is None:
-            return g
-        out[...] = g
-        return out
-    if out is None:
-        out = xp.empty_like(z)
-    return xp.subtract(z, step * g, out=out)
+__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "potential_grad_error"]
 
 
 class Regularizer(abc.ABC):

@@ -45,25 +45,22 @@ import math
 import numpy as np
 
 from ..backend import get_namespace, to_numpy
+from ..linalg import norm64
 from ..operators import LinearOperator
 from ..potentials import Potential
-from .composite_bounds import CompositeBounds, gamma, norm64, potential_grad_error
+from ._kernels import find_kernel
+from .composite_bounds import CompositeBounds, potential_grad_error
 
-try:  # the kernel registry (C3); without it every pair is computed from its parts
-    from ._kernels import find_kernel as _registry_find
-except ImportError:  # pragma: no cover - only while the registry is not in the tree
-    _registry_find = None
-
-__all__ = ["Composite", "potential_grad_error", "gamma", "norm64"]
+__all__ = ["Composite", "potential_grad_error"]
 
 
 def _find_kernel(operator, potential, x):
     """The registered kernel set of the pair for ``x`` (C3), or ``None``."""
-    return None if _registry_find is None else _registry_find(operator, potential, x)
+    return find_kernel(operator, potential, x)
 
 
 def _stack(a):
-    """``a`` as a C-contiguous ``(N, H, W)`` stack (a view when possible)."""
+    """``a`` as a C-contiguous ``(N, H, W)`` stack (a view when possible; no namespace lookup on the fast path)."""
     a3 = a if a.ndim == 3 else a.reshape((-1,) + a.shape[-2:])
     return a3 if a3.flags.c_contiguous else get_namespace(a).ascontiguousarray(a3)
 
@@ -148,6 +145,18 @@ class Composite(CompositeBounds):
         axes = (0, 2, 3) if self.group else (0, 2)
         return xp.sum(a, axis=axes, dtype=np.float64)
 
+    def _cdot(self, a, b):
+        """Per-channel float64 sums of ``a * b`` (float64 data: one einsum, no temporary)."""
+        xp = get_namespace(a, b)
+        if a.dtype == np.float64 and b.dtype == np.float64:
+            return xp.einsum("ckpm,ckpm->k" if self.group else "ckm,ckm->k", a, b)
+        return self._csum(a * b)
+
+    @staticmethod
+    def _sel(p, ch):
+        """A block parameter restricted to the block's channels."""
+        return p if p is None or isinstance(p, float) else p[:, ch]
+
     # ------------------------------------------------------------------ value, gradient, Hessian
     def value(self, x, lam, nu):
         r""":math:`R(x) = \sum_c\lambda_c\sum_j\varphi((K_cx)_j;\nu_c)`, a 0-d array of ``x``'s dtype."""
@@ -160,7 +169,7 @@ class Composite(CompositeBounds):
         pot, nu_b = self.potential, self._dev(nu, xp, x.dtype)
 
         def fn(u, kv, ch):  # noqa: ARG001
-            phi = pot.value(self._view(u), nu_b, out=None if self.group else u)
+            phi = pot.value(self._view(u), self._sel(nu_b, ch), out=None if self.group else u)
             if self.group:
                 s = xp.zeros((u.shape[1], 1), dtype=np.float64)
                 s[0, 0] = xp.sum(phi, dtype=np.float64)
@@ -206,7 +215,7 @@ class Composite(CompositeBounds):
         pot, nu_b = self.potential, self._dev(nu, xp, x.dtype)
 
         def fn(u, kv, ch):  # noqa: ARG001
-            pot.d1(self._view(u), nu_b, out=self._view(u))
+            pot.d1(self._view(u), self._sel(nu_b, ch), out=self._view(u))
             return u, None
 
         g = self._pull(x, fn, lam)
@@ -235,7 +244,7 @@ class Composite(CompositeBounds):
         pot, nu_b = self.potential, self._dev(nu, xp, x.dtype)
 
         def fn(u, kv, ch):  # noqa: ARG001
-            pot.hess_apply(self._view(u), nu_b, self._view(kv), out=self._view(kv))
+            pot.hess_apply(self._view(u), self._sel(nu_b, ch), self._view(kv), out=self._view(kv))
             return kv, None
 
         return _into(self._pull(x, fn, lam, v=v), out)
@@ -316,16 +325,26 @@ class Composite(CompositeBounds):
         has_nu = nu is not None
         weights = None if isinstance(lam, float) else xp.asarray(lam, dtype=x.dtype)
 
-        def fn(u, kw, ch):  # noqa: ARG001
+        # for an a-homogeneous potential, d_nu phi'(t) = ((a - 1) phi'(t) - phi''(t) t) / nu (Euler's
+        # relation t phi_t + nu phi_nu = a phi, differentiated in t): with op_params the Hessian
+        # product is needed anyway, so the nu column costs no d1_dnu pass
+        homog = op_params and has_nu and pot.homogeneity is not None
+        nu_v = None if not homog else (nu if isinstance(nu, float) else xp.asarray(nu, dtype=np.float64))
+
+        def fn(u, kw, ch):
+            nb = self._sel(nu_b, ch)
             uv, kwv = self._view(u), self._view(kw)
-            d1 = pot.d1(uv, nu_b)
-            cols = [self._csum(d1 * kwv)]
-            if has_nu:
-                cols.append(self._csum(pot.d1_dnu(uv, nu_b) * kwv))
+            d1 = pot.d1(uv, nb)
+            s0 = self._cdot(d1, kwv)
+            if homog:
+                hk = pot.hess_apply(uv, nb, kwv, out=kwv)
+                s1 = ((pot.homogeneity - 1) * s0 - self._cdot(uv, hk)) / (nu_v if isinstance(nu_v, float) else nu_v[ch])
+                return kw, d1.reshape(u.shape), xp.stack([s0, s1], axis=1)
+            cols = [s0] + ([self._cdot(pot.d1_dnu(uv, nb), kwv)] if has_nu else [])
             s = xp.stack(cols, axis=1)
             if not op_params:
                 return None, s
-            pot.hess_apply(uv, nu_b, kwv, out=kwv)
+            pot.hess_apply(uv, nb, kwv, out=kwv)
             return kw, d1.reshape(u.shape), s
 
         g, stats = self.operator.pullback(x, fn, v=w, n_stats=2 if has_nu else 1, weights=weights,
@@ -364,7 +383,7 @@ class Composite(CompositeBounds):
         nu_b = self._dev(nu, xp, x.dtype)
 
         def fn(u, kv, ch):  # noqa: ARG001
-            y = deriv(self._view(u), nu_b, out=self._view(u))
+            y = deriv(self._view(u), self._sel(nu_b, ch), out=self._view(u))
             if per_channel:
                 return None, self._csum(y * y)[:, None]
             return u, None

@@ -16,20 +16,10 @@ import math
 import numpy as np
 
 from ..backend import get_namespace
-from ..linalg import norm
+from ..linalg import gamma
 
-__all__ = ["CompositeBounds", "potential_grad_error", "gamma", "norm64"]
+__all__ = ["CompositeBounds", "potential_grad_error"]
 
-
-def gamma(k, dtype):
-    r""":math:`\gamma_k = k u / (1 - k u)` for the unit roundoff ``u`` of ``dtype`` ([3]_, §3.1)."""
-    ku = k * float(np.finfo(dtype).eps) / 2.0
-    return ku / (1.0 - ku) if ku < 0.5 else math.inf
-
-
-def norm64(a) -> float:
-    """Euclidean norm of ``a`` with every square and sum in float64, as a Python float."""
-    return norm(a if a.dtype == np.float64 else a.astype(np.float64))
 
 def potential_grad_error(lam, d1_max, d2_max, row_l1, col_l1, n_terms, x, dtype):
     r"""First-order rounding bound of :math:`\nabla R = \sum_i\lambda_iK_i^T\varphi_i'(K_ix)` (Euclidean norm).
