@@ -175,14 +175,6 @@ class LowerProblem(abc.ABC):
         g = self.grad(z, theta)
         return gradient_step(z, g, step, out), norm64(g)
 
-    def fista_step(self, x, x_prev, beta, tau, theta, out):
-        """Deprecated transitional alias: ``fused_grad(x, theta, x_prev=x_prev, beta=beta, step=tau, out=out)[1]``.
-
-        Kept until its last callers (the benchmark module and the kernel tests) move to
-        :meth:`fused_grad`; it will be removed.
-        """
-        return self.fused_grad(x, theta, x_prev=x_prev, beta=beta, step=tau, out=out)[1]
-
     # ------------------------------------------------------------------ constants
     @abc.abstractmethod
     def strong_convexity(self, theta) -> float:
