@@ -185,17 +185,10 @@ def cg(matvec, b, tol, x0=None, maxiter=1000, callback=None):
 
     Parameters
     ----------
-    matvec : callable
-        ``v -> A v`` on arrays shaped like ``b``.
-    b : array
-    tol : float > 0
-        Absolute tolerance on ``||b - A x||`` (Euclidean norm).
-    x0 : array, optional
-        Starting point (default zero); not modified.
-    maxiter : int
-        Maximum number of iterations (products with A).
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each CG step (see :meth:`CG.solve`).
+    matvec, b, tol, x0, callback
+        As in :meth:`CG.solve` (``tol``: absolute, on ``||b - A x||``, Euclidean norm).
+    maxiter
+        The option of :class:`CG`.
 
     Returns
     -------

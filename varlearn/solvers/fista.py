@@ -339,27 +339,20 @@ class _Run:
 
 
 def solve_lower(problem, theta, tol, x0=None, maxiter=10000, backtracking="auto", callback=None, L0=None):
-    """Solve the lower-level problem to a certified accuracy: ``FISTA(maxiter, backtracking).solve(...)``.
+    r"""Solve the lower-level problem to a certified accuracy: ``FISTA(maxiter, backtracking).solve(...)``.
 
-    The functional front door of :class:`FISTA` (see there for the iteration, the exact
-    stopping rule, the certificate and the returned :class:`~varlearn.results.Result`).
+    The functional front door of :class:`FISTA` (see there for the iteration, the
+    certificate and the returned :class:`~varlearn.results.Result`).  **Stopping rule:**
+    success when, at an extrapolated point :math:`z_k` whose gradient norm met the target,
+    :math:`(1 + 2u)(\|\nabla_x h(z_k)\|(1 + n u_{64}) + \rho)/\mu \le` ``tol`` (ρ the
+    problem's bound on the rounding error of the gradient); that point is returned.
 
     Parameters
     ----------
-    problem : LowerProblem
-    theta : array
-        Hyperparameters, in the problem's array namespace.
-    tol : float > 0
-        Target distance to the exact solution: on success ``distance_bound <= tol``.
-    x0 : array, optional
-        Warm start (default ``problem.initial_x()``); never modified.
-    maxiter : int
-        Maximum number of FISTA iterations.
-    backtracking : bool or "auto"
-    callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration (see :meth:`FISTA.solve`).
-    L0 : float, optional
-        Starting step constant for backtracking (ignored without backtracking).
+    problem, theta, tol, x0, callback, L0
+        As in :meth:`FISTA.solve` (``tol``: on success ``distance_bound <= tol``).
+    maxiter, backtracking
+        The options of :class:`FISTA`.
 
     Returns
     -------
