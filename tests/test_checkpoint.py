@@ -126,6 +126,7 @@ _ISGD_EDITS = [
     (lambda m: m["sampler"].pop("bit_generator"), "field 'sampler'"),
     (lambda m: m.update(schedules={"step": {}}), "field 'schedules'"),
     (lambda m: m.update(warm_saved="yes"), "field 'warm_saved'"),
+    (lambda m: m.update(noise={"mode": "fixed"}), "field 'noise' must be null or a JSON object with mode, seed"),
     (lambda m: m.pop("evaluations"), "field 'evaluations' is missing"),
     (lambda m: m.update(k=7), "'history' has 3 rows, expected k = 7"),
     (_set_row(2, "iter", 0), r"'history\[2\].iter' is 0, expected 2"),

@@ -415,3 +415,22 @@ def test_collection_of_clean_images_with_synthetic_noise_resumes_exactly(tmp_pat
         ISGD(maxiter=6, **opts).run(other, None, THETA0, resume=ck)
     with pytest.raises(ValueError, match="upper must be None for a DenoisingDataset"):
         ISGD(maxiter=2).run(spec, vl.SquaredError(clean), THETA0)
+
+
+@pytest.mark.gpu
+def test_isgd_on_cupy_follows_the_numpy_run():
+    """CuPy data take the in-process path on the device; same batches, theta within 1e-8 of the NumPy run."""
+    from varlearn.backend import cupy_unusable_reason, cupy_usable
+
+    if not cupy_usable():
+        pytest.skip(f"CuPy backend not usable: {cupy_unusable_reason()}")
+    import cupy
+
+    prob, U = tv_problem()
+    gp = vl.DenoisingProblem(cupy.asarray(prob.noisy), prob.regularizer)
+    gu = vl.SquaredError(cupy.asarray(U.clean))
+    opts = dict(batch_size=3, maxiter=4, step0=0.5, optimizer="adam", eps0=1e-4, p=0.0)
+    ref = ISGD(**opts).run(prob, U, THETA0)
+    res = ISGD(**opts).run(gp, gu, cupy.asarray(THETA0))
+    assert isinstance(res.theta, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(res.theta), ref.theta, rtol=1e-8)
