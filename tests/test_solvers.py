@@ -175,16 +175,52 @@ def test_cg_reports_nonconvergence_and_indefiniteness(rng):
 
 
 # ---------------------------------------------------------------- one step path, solver objects, callbacks
-def _cp16_reference(prob, theta, x0, L, mu, n_iter):
+def _cp16_reference(prob, theta, x0, L, mu, n_iter, gnorms=None):
     """FISTA of Chambolle & Pock (2016, §4.7) written out plainly: the iterates x_1..x_n."""
     x, x_prev, t, q, out = x0.copy(), x0.copy(), 1.0, mu / L, []
     for _ in range(n_iter):
         t_new = 0.5 * (1 - q * t * t + np.sqrt((1 - q * t * t) ** 2 + 4 * t * t))
         beta = (t - 1) * (1 - t_new * q) / (t_new * (1 - q))
         z = x + beta * (x - x_prev)
-        x_prev, x, t = x, z - prob.grad(z, theta) / L, t_new
+        g = prob.grad(z, theta)
+        if gnorms is not None:
+            gnorms.append(np.linalg.norm(g))
+        x_prev, x, t = x, z - g / L, t_new
         out.append(x)
     return out
+
+
+class _Inflated:
+    """A problem whose gradient rounding bound is ``rho`` (so that a first candidate fails to certify)."""
+
+    def __init__(self, prob, rho):
+        self.prob, self.rho = prob, rho
+
+    def __getattr__(self, name):
+        return getattr(self.prob, name)
+
+    def grad_error_bound(self, x, theta):
+        return self.rho
+
+
+def test_a_candidate_that_fails_to_certify_does_not_disturb_the_iteration(rng):
+    """After a failed candidate (target lowered) both step paths go on with FISTA's own next iterate."""
+    prob = _tv(rng, n=1, size=12)
+    theta = np.array([-2.0, -4.0])
+    L, mu = prob.lipschitz(theta), prob.strong_convexity(theta)
+    gnorms = []
+    ref = _cp16_reference(prob, theta, prob.noisy, L, mu, 200, gnorms)
+    k0 = 12
+    tol = 1.0001 * gnorms[k0] / mu
+    assert min(gnorms[:k0]) > mu * tol  # iteration k0 is the first whose gradient meets mu * tol
+    inflated = _Inflated(prob, 0.3 * mu * tol)  # certificate of that candidate: about 1.3 tol > tol
+    for bt in (False, True):
+        seen = []
+        res = FISTA(backtracking=bt).solve(inflated, theta, tol, L0=L, callback=lambda r, s=seen: s.append(r.x.copy()))
+        assert res.success and res.distance_bound <= tol
+        assert len(seen) > k0 + 1  # it went on past the failed candidate
+        for k, a in enumerate(seen):
+            assert np.linalg.norm(a - ref[k]) <= 1e-13 * np.linalg.norm(prob.noisy), (bt, k)
 
 
 @pytest.mark.parametrize("iso", [True, False])
