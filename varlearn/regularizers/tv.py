@@ -63,21 +63,3 @@ class TotalVariation(PotentialRegularizer):
     def describe(self, theta):
         lam, nu = self.natural_params(theta)
         return {"weight": lam, "smoothing": nu, "isotropic": self.isotropic}
-
-    # ------------------------------------------------------------------ transitional aliases
-    def _scalars(self, theta):
-        """Deprecated alias of :meth:`natural_params` (kept until its last callers move; see CONTRACTS)."""
-        return self.natural_params(theta)
-
-    def _kernels(self, x):
-        """Deprecated: the former module of fused TV kernels for ``x``'s backend, or ``None``.
-
-        Kept until ``problems/denoising.py`` and the kernel tests call :meth:`fused_grad`.
-        """
-        from .. import _accel
-        from ..backend import get_namespace, xp_name
-
-        if xp_name(get_namespace(x)) == "cupy":
-            return _accel.cupy_module("_tv_cupy")
-        return _accel.numba_module("_tv_numba")
-
