@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -844,3 +845,18 @@ def test_isgd_on_a_local_cluster_of_two_workers(pairs4, tmp_path, capsys):
     _expect_usage_error(capsys, isgd_argv(pairs4, tmp_path / "gone", *common, "--scheduler", "tcp://127.0.0.1:9"),
                         "--scheduler tcp://127.0.0.1:9", "cannot connect")
     assert not (tmp_path / "gone").exists()
+
+
+def test_resume_of_a_run_folder_written_with_max_iter(pairs16, tmp_path, capsys):
+    """config.json of an older varlearn names the option max_iter: resume renames it, with no DeprecationWarning."""
+    run = tmp_path / "old"
+    assert main(learn_argv(pairs16, run, "--max-iter", "2", "--quiet")) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["options"]["max_iter"] = cfg["options"].pop("maxiter")
+    (run / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert main(["learn", "--resume", str(run), "--max-iter", "3", *FAST, "--quiet"]) == 0
+    options = json.loads((run / "config.json").read_text())["options"]
+    assert options["maxiter"] == 3 and "max_iter" not in options
+    assert json.loads((run / "params.json").read_text())["nit"] == 3

@@ -38,6 +38,12 @@ def _runs(metrics, name):
     return [r for r in metrics["problems"][name]["runs"] if not r.get("skipped")]
 
 
+def _problem(quick, name):
+    """The metrics block of problem ``name`` and its runs."""
+    metrics = quick[1]
+    return metrics["problems"][name], _runs(metrics, name)
+
+
 @pytest.mark.parametrize("name", ["tv", "foe"])
 def test_every_run_is_compared_at_equal_image_cost(quick, name):
     _, metrics, mod = quick
@@ -72,9 +78,8 @@ def test_every_run_is_compared_at_equal_image_cost(quick, name):
 
 @pytest.mark.parametrize("name", ["tv", "foe"])
 def test_summary_and_claims_are_those_of_the_runs(quick, name):
-    _, metrics, _ = quick
-    block = metrics["problems"][name]
-    runs = _runs(metrics, name)
+    metrics = quick[1]
+    block, runs = _problem(quick, name)
     summary = block["summary"]
     assert set(summary) == {r["label"] for r in runs}
     for label, s in summary.items():
@@ -96,9 +101,7 @@ def test_summary_and_claims_are_those_of_the_runs(quick, name):
 
 @pytest.mark.parametrize("name", ["tv", "foe"])
 def test_learning_improves_on_theta0_and_on_the_noisy_images(quick, name):
-    _, metrics, _ = quick
-    block = metrics["problems"][name]
-    runs = _runs(metrics, name)
+    block, runs = _problem(quick, name)
     f0 = block["f_theta0"]
     # every run's loss at the budget is below f(θ0), and the best run denoises the held-out images
     assert all(r["points"][-1]["f_train"] < f0 for r in runs), [(r["label"], r["points"][-1]["f_train"]) for r in runs]

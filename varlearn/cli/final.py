@@ -101,7 +101,7 @@ def outcome(res):
     exit_ok = success or status in LIMIT_FLAGS or status == "accuracy_floor"
     if status in LIMIT_FLAGS:
         o = res.options
-        maxiter = o.get("maxiter", o.get("max_iter"))
+        maxiter = o.get("maxiter")
         flag = LIMIT_FLAGS[status]
         if status == "budget_exhausted":
             limit, flag = _budget_limit(o)
@@ -136,7 +136,7 @@ def _plot_rows(history, method):
     """History rows as the figures read them; ISGD: the batch loss against image-iterations, per-image ε."""
     if method != "isgd":
         return history
-    return [{"iter": r["iter"], "cost": r.get("image_cost"), "time": r.get("wall_time", r.get("time")),
+    return [{"iter": r["iter"], "cost": r.get("image_cost"), "wall_time": r.get("wall_time", r.get("time")),
              "fun": r.get("fun_batch"), "fun_lower": math.nan, "fun_upper": math.nan, "eps": r.get("eps_image"),
              "delta": r.get("delta"), "step": r.get("step"), "accepted": True} for r in history]
 

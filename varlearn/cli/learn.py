@@ -233,7 +233,7 @@ def _resume_config(args):
     if args.overwrite:
         raise CliError("--resume and --overwrite exclude each other")
     runfolder.remove_stale_temps(run)
-    runfolder.rename_options(cfg, MAXITER)
+    runfolder.rename_options(cfg)
     if cfg["method"] != "isgd":
         stochastic.refuse(args, cfg["method"], bilevel.DEFAULTS.get(cfg["method"], {}))
     elif args.checkpoint_interval is not None:

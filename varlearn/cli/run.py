@@ -127,11 +127,16 @@ def load_config(run: Path) -> dict:
     return cfg
 
 
-def rename_options(cfg: dict, maxiter: str):
+#: option names of config.json files written before docs/developer.md's naming table -> the names now
+RENAMED_OPTIONS = {"max_iter": "maxiter"}
+
+
+def rename_options(cfg: dict):
     """Rename, in place, the options of a ``config.json`` written before the naming table (``max_iter``)."""
     opts = cfg.get("options") or {}
-    if maxiter != "max_iter" and "max_iter" in opts:
-        opts.setdefault(maxiter, opts.pop("max_iter"))
+    for old, new in RENAMED_OPTIONS.items():
+        if old in opts:
+            opts.setdefault(new, opts.pop(old))
     return cfg
 
 

@@ -126,13 +126,7 @@ def options(args):
     for name in ("q", "p"):
         if getattr(args, name) is not None:
             opts[name] = nonnegative_float(flag(name), getattr(args, name))
-    if args.epochs is not None:
-        opts["max_epochs"] = positive_int("--epochs", args.epochs)
-    if args.image_budget is not None:
-        opts["image_budget"] = positive_float("--image-budget", args.image_budget, allow_inf=True)
-    if args.checkpoint_every is not None:
-        opts["checkpoint_every"] = positive_int("--checkpoint-every", args.checkpoint_every)
-    return opts
+    return resume_overrides(args, opts)
 
 
 def image_budget(args):
@@ -143,13 +137,15 @@ def image_budget(args):
 
 
 def resume_overrides(args, opts):
-    """Apply the isgd limits given with ``--resume`` (``--epochs``, ``--image-budget``) to ``opts``."""
+    """Apply the limits that may change with ``--resume`` (``--epochs``, ``--image-budget``,
+    ``--checkpoint-every``) to ``opts``, each checked; returns ``opts``."""
     if args.epochs is not None:
         opts["max_epochs"] = positive_int("--epochs", args.epochs)
     if args.image_budget is not None:
-        opts["image_budget"] = positive_float("--image-budget", args.image_budget, allow_inf=True)
+        opts["image_budget"] = image_budget(args)
     if args.checkpoint_every is not None:
         opts["checkpoint_every"] = positive_int("--checkpoint-every", args.checkpoint_every)
+    return opts
 
 
 def fit_to_data(opts, n_images):
