@@ -10,7 +10,7 @@ import abc
 
 from ..backend import get_namespace
 
-__all__ = ["Potential"]
+__all__ = ["Potential", "SmoothAbs"]
 
 
 def _store(res, out):
@@ -102,9 +102,9 @@ class Potential(abc.ABC):
     def d1_dnu(self, t, nu, out=None):
         r""":math:`\partial_\nu\varphi'(t;\nu)`, shaped like ``t``."""
 
+    @abc.abstractmethod
     def d2_dnu(self, t, nu):
         r""":math:`\partial_\nu\varphi''(t;\nu)` (a group potential: of the Hessian diagonal)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement d2_dnu")
 
     @abc.abstractmethod
     def d1_max(self, nu) -> float:
@@ -141,6 +141,25 @@ class Potential(abc.ABC):
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+class SmoothAbs(Potential):
+    r"""Base of the convex smooth approximations of :math:`|t|` with scale :math:`\nu` (smoothed ℓ1, Huber).
+
+    They share :math:`|\varphi'| \le 1`, :math:`0 \le \varphi'' \le 1/\nu` (attained at
+    :math:`t = 0`) and :math:`\varphi(t;\nu) = \nu\,\varphi(t/\nu; 1)`.
+    """
+
+    homogeneity = 1
+
+    def d1_max(self, nu):
+        return 1.0
+
+    def d2_max(self, nu):
+        return 1.0 / nu
+
+    def d2_min(self, nu):
+        return 0.0
 
 
 def _xp(t):

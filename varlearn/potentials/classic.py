@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 
-from .base import Potential, _store, _xp
+from .base import Potential, SmoothAbs, _store, _xp
 
 __all__ = ["Huber", "LogStudentT", "Quadratic"]
 
 
-class Huber(Potential):
+class Huber(SmoothAbs):
     r"""Huber function [3]_: :math:`t^2/(2\nu)` for :math:`|t|\le\nu`, else :math:`|t| - \nu/2`.
 
     It is once continuously differentiable; :math:`\varphi''` jumps at
@@ -29,8 +29,6 @@ class Huber(Potential):
     ----------
     .. [3] P. J. Huber, Ann. Math. Statist. 35 (1964) 73-101.
     """
-
-    homogeneity = 1
 
     def value(self, t, nu, out=None):
         xp = _xp(t)
@@ -58,15 +56,6 @@ class Huber(Potential):
     def d2_dnu(self, t, nu):
         xp = _xp(t)
         return xp.where(xp.abs(t) <= nu, -1.0 / (nu * nu) + 0.0 * t, 0.0 * t)
-
-    def d1_max(self, nu):
-        return 1.0
-
-    def d2_max(self, nu):
-        return 1.0 / nu
-
-    def d2_min(self, nu):
-        return 0.0
 
     def d3_max(self, nu):
         return math.inf

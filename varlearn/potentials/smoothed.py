@@ -12,9 +12,11 @@ References
 """
 from __future__ import annotations
 
+import functools
+
 from .. import _accel
 from ..backend import get_namespace, is_cupy_array
-from .base import Potential, _store, _xp
+from .base import SmoothAbs, _store, _xp
 
 __all__ = ["SmoothedL1", "GroupSmoothedL1"]
 
@@ -43,74 +45,28 @@ def _cuda(name, t, nu, *rest, out=None):
     return k(*args) if out is None else k(*args, out)
 
 
-class SmoothedL1(Potential):
-    r""":math:`\varphi(t;\nu) = \sqrt{t^2 + \nu^2}`, a smooth approximation of :math:`|t|` [2]_.
+def _cuda_first(name):
+    """Decorate a SmoothedL1 method: CuPy input (accelerators on) runs the fused kernel ``name``."""
+    def deco(method):
+        @functools.wraps(method)
+        def wrapper(self, t, nu, *rest, out=None):
+            res = _cuda(name, t, nu, *rest, out=out)
+            return method(self, t, nu, *rest, out=out) if res is None else res
+        return wrapper
+    return deco
 
-    References
-    ----------
-    .. [2] C. R. Vogel, M. E. Oman, SIAM J. Sci. Comput. 17 (1996) 227-238.
-    """
 
-    homogeneity = 1
+def _square_plus(t, nu, out):
+    """``t * t + nu * nu`` (into ``out`` when given)."""
+    s = _xp(t).multiply(t, t, out=out)
+    s += nu * nu
+    return s
+
+
+class _SmoothedL1Constants(SmoothAbs):
+    """The bound constants shared by :class:`SmoothedL1` and :class:`GroupSmoothedL1`."""
+
     d1_eval_ulps = 8.0
-
-    def value(self, t, nu, out=None):
-        res = _cuda("value", t, nu, out=out)
-        if res is not None:
-            return res
-        xp = _xp(t)
-        s = xp.multiply(t, t, out=out)
-        s += nu * nu
-        return xp.sqrt(s, out=s)
-
-    def d1(self, t, nu, out=None):
-        res = _cuda("d1", t, nu, out=out)
-        if res is not None:
-            return res
-        r = self.value(t, nu, out=None if out is None or out is t else out)
-        return _xp(t).divide(t, r, out=r if out is None else out)
-
-    def hess_apply(self, t, nu, v, out=None):
-        res = _cuda("hess", t, nu, v, out=out)
-        return super().hess_apply(t, nu, v, out=out) if res is None else res
-
-    def d2(self, t, nu, out=None):
-        res = _cuda("d2", t, nu, out=out)
-        if res is not None:
-            return res
-        xp = _xp(t)
-        s = xp.multiply(t, t, out=out)
-        s += nu * nu
-        s *= xp.sqrt(s)
-        return xp.divide(nu * nu, s, out=s)
-
-    def d3(self, t, nu):
-        s = t * t + nu * nu
-        return -3.0 * nu * nu * t / (s * s * _xp(t).sqrt(s))
-
-    def value_dnu(self, t, nu):
-        return nu / _xp(t).sqrt(t * t + nu * nu)
-
-    def d1_dnu(self, t, nu, out=None):
-        xp = _xp(t)
-        s = t * t
-        s += nu * nu
-        s *= xp.sqrt(s)
-        return xp.divide(t * (-nu), s, out=s if out is None else out)
-
-    def d2_dnu(self, t, nu):
-        s = t * t + nu * nu
-        # d/dnu [nu^2 s^{-3/2}] = 2 nu s^{-3/2} - 3 nu^3 s^{-5/2}
-        return nu * (2.0 * s - 3.0 * nu * nu) / (s * s * _xp(t).sqrt(s))
-
-    def d1_max(self, nu):
-        return 1.0
-
-    def d2_max(self, nu):
-        return 1.0 / nu
-
-    def d2_min(self, nu):
-        return 0.0
 
     def d3_max(self, nu):
         # |phi'''| = 3 nu^2 |t| / s^{5/2} is largest at t = nu / 2
@@ -120,12 +76,58 @@ class SmoothedL1(Potential):
         # with u = t^2/nu^2: d2_dnu = (2u - 1) / (nu^2 (1 + u)^{5/2}); |.| is largest at u = 0
         return 1.0 / (nu * nu)
 
+
+class SmoothedL1(_SmoothedL1Constants):
+    r""":math:`\varphi(t;\nu) = \sqrt{t^2 + \nu^2}`, a smooth approximation of :math:`|t|` [2]_.
+
+    References
+    ----------
+    .. [2] C. R. Vogel, M. E. Oman, SIAM J. Sci. Comput. 17 (1996) 227-238.
+    """
+
+    @_cuda_first("value")
+    def value(self, t, nu, out=None):
+        s = _square_plus(t, nu, out)
+        return _xp(t).sqrt(s, out=s)
+
+    @_cuda_first("d1")
+    def d1(self, t, nu, out=None):
+        r = self.value(t, nu, out=None if out is None or out is t else out)
+        return _xp(t).divide(t, r, out=r if out is None else out)
+
+    @_cuda_first("hess")
+    def hess_apply(self, t, nu, v, out=None):
+        return super().hess_apply(t, nu, v, out=out)
+
+    @_cuda_first("d2")
+    def d2(self, t, nu, out=None):
+        s = _square_plus(t, nu, out)
+        s *= _xp(t).sqrt(s)
+        return _xp(t).divide(nu * nu, s, out=s)
+
+    def d3(self, t, nu):
+        s = t * t + nu * nu
+        return -3.0 * nu * nu * t / (s * s * _xp(t).sqrt(s))
+
+    def value_dnu(self, t, nu):
+        return nu / _xp(t).sqrt(t * t + nu * nu)
+
+    def d1_dnu(self, t, nu, out=None):
+        s = _square_plus(t, nu, None)
+        s *= _xp(t).sqrt(s)
+        return _xp(t).divide(t * (-nu), s, out=s if out is None else out)
+
+    def d2_dnu(self, t, nu):
+        s = t * t + nu * nu
+        # d/dnu [nu^2 s^{-3/2}] = 2 nu s^{-3/2} - 3 nu^3 s^{-5/2}
+        return nu * (2.0 * s - 3.0 * nu * nu) / (s * s * _xp(t).sqrt(s))
+
     def d1_rel_cond(self, nu):  # noqa: ARG002
         # |t| nu^2 / s^{3/2} is largest at t^2 = nu^2 / 2: 2 / 3^{3/2}
         return 2.0 / 3.0 ** 1.5
 
 
-class GroupSmoothedL1(Potential):
+class GroupSmoothedL1(_SmoothedL1Constants):
     r"""Group potential :math:`\varphi(t;\nu) = \sqrt{|t|^2 + \nu^2}`, :math:`|t|` the Euclidean
     norm along ``group_axis`` (``-3``, the channel axis of ``(..., C, H, W)``).
 
@@ -133,13 +135,12 @@ class GroupSmoothedL1(Potential):
     smoothed TV [1]_ [2]_.  Writing :math:`r = \sqrt{|t|^2+\nu^2}`: the
     gradient is :math:`t/r`, the Hessian :math:`(I - tt^T/r^2)/r` (eigenvalues
     in :math:`[\nu^2/r^3, 1/r]`), :math:`\partial_\nu` of the gradient is
-    :math:`-\nu t/r^3`.  Bound constants (proved in the comments of the methods,
-    checked by the tests): :math:`\sup\|\nabla\varphi\| = 1`, Hessian in
+    :math:`-\nu t/r^3`.  Bound constants (checked by the tests): :math:`\sup\|\nabla\varphi\| = 1`, Hessian in
     :math:`[0, 1/\nu]`, its Lipschitz constant in operator norm
     :math:`1.5/1.25^{5/2}/\nu^2` (the scalar one, attained along ``t`` at
     :math:`|t| = \nu/2`), :math:`\partial_\nu\nabla\varphi` is
-    :math:`1/\nu^2`-Lipschitz.  ``nu`` must be a scalar or broadcast against the
-    reduced shape (one smoothing per group).
+    :math:`1/\nu^2`-Lipschitz (the proofs are in the comment above :meth:`d1_rel_cond`).
+    ``nu`` must be a scalar or broadcast against the reduced shape (one smoothing per group).
 
     References
     ----------
@@ -148,8 +149,6 @@ class GroupSmoothedL1(Potential):
     """
 
     group_axis = -3
-    homogeneity = 1
-    d1_eval_ulps = 8.0
 
     def _r(self, t, nu, keepdims=True):
         xp = _xp(t)
@@ -199,27 +198,14 @@ class GroupSmoothedL1(Potential):
         r2 = r * r
         return nu * (3.0 * t * t / r2 - 1.0) / (r2 * r)
 
-    def d1_max(self, nu):
-        # |t / r| < 1
-        return 1.0
-
-    def d2_max(self, nu):
-        # largest Hessian eigenvalue 1/r <= 1/nu (at t = 0)
-        return 1.0 / nu
-
-    def d2_min(self, nu):
-        return 0.0
-
-    def d3_max(self, nu):
-        # With t = a e_1 and a unit direction d, dH[d] has, in the plane of e_1 and d, the entries
-        # (1,1) = -3 a nu^2 d_1 / s^{5/2}, (2,2) = -a d_1 / s^{3/2}, (1,2) = -a d_2 / s^{3/2}, and
-        # -a d_1 / s^{3/2} on the rest; its norm is largest for d = e_1: the scalar constant.
-        return 3.0 * 0.5 / (1.25 ** 2.5) / (nu * nu)
-
-    def d2_dnu_max(self, nu):
-        # d/dt of -nu t / r^3 has eigenvalues -nu / r^3 (across t) and -nu (nu^2 - 2|t|^2) / r^5
-        # (along t); both have modulus <= 1 / nu^2, attained at t = 0
-        return 1.0 / (nu * nu)
+    # The group potential has the scalar constants, read with |t| the Euclidean norm of the group
+    # vector and operator norms (tests/test_composition.py checks each, and that it is attained):
+    # |t / r| < 1; Hessian (I - t t^T / r^2) / r with eigenvalues in [nu^2 / r^3, 1 / r], so in
+    # [0, 1/nu]; with t = a e_1 and a unit direction d, dH[d] has, in the plane of e_1 and d, the
+    # entries (1,1) = -3 a nu^2 d_1 / s^{5/2}, (2,2) = -a d_1 / s^{3/2}, (1,2) = -a d_2 / s^{3/2}, and
+    # -a d_1 / s^{3/2} on the rest: its norm is largest for d = e_1, the scalar d3_max; d/dt of
+    # -nu t / r^3 has eigenvalues -nu / r^3 (across t) and -nu (nu^2 - 2|t|^2) / r^5 (along t), both
+    # of modulus <= 1 / nu^2 (attained at t = 0): the scalar d2_dnu_max.
 
     def d1_rel_cond(self, nu):  # noqa: ARG002
         # |t| ||H(t)|| = |t| / r < 1
