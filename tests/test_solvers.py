@@ -387,6 +387,13 @@ def test_generic_fused_grad_of_a_problem_without_a_kernel(rng):
     with pytest.raises(TypeError, match="abstract"):
         vl.LowerProblem()
 
+    class NoGrad(vl.UpperLoss):
+        def value(self, x):
+            return 0.0
+
+    with pytest.raises(TypeError, match="abstract.*grad"):
+        NoGrad()
+
 
 def test_fixed_step_fista_is_one_fused_call_per_iteration(rng, monkeypatch):
     """Without backtracking every iteration is one regularizer.fused_grad call with extrapolation and step."""
