@@ -421,3 +421,46 @@ def test_smoothed_l1_fast_paths_match_the_formulas(xp, dtype, rng):
                 assert p.hess_apply(t, nu, buf, out=buf) is buf and _rel(buf, want["d2"] * vn) <= tol
             finally:
                 _accel.set_accelerated(old)
+
+
+class _PlainRidge(vl.Regularizer):
+    """A user regularizer with only the abstract methods: the fused passes come from the base class."""
+
+    n_params = 1
+
+    def init_params(self, rng=None):
+        return np.array([-1.0])
+
+    def value(self, x, theta):
+        return 0.5 * math.exp(theta[0]) * np.vdot(x, x)
+
+    def grad(self, x, theta):
+        return math.exp(theta[0]) * x
+
+    def hvp(self, x, theta, v):
+        return math.exp(theta[0]) * v
+
+    def mixed_vjp(self, x, theta, w):
+        return np.array([math.exp(theta[0]) * np.vdot(x, w)])
+
+
+@pytest.mark.parametrize("step", [None, 0.2])
+@pytest.mark.parametrize("beta", [None, 0.5])
+def test_default_and_sum_fused_passes(accel, rng, step, beta):
+    x, y, xprev, v = (rng.randn(2, 6, 7) for _ in range(4))
+    z = x if beta is None else x + beta * (x - xprev)
+    tv = vl.TotalVariation()
+    th_tv, th_r = np.array([-1.0, -2.0]), np.array([-0.7])
+    ridge = _PlainRidge()
+    total = tv + ridge
+    theta = np.concatenate([th_tv, th_r])
+    kw = dict(x_prev=None if beta is None else xprev, beta=beta or 0.0, step=step)
+    for reg, th, g in [(ridge, th_r, math.exp(-0.7) * z + 0.8 * (z - y)),
+                       (total, theta, reference(z, z, z, th_tv, True)["grad"] + math.exp(-0.7) * z + 0.8 * (z - y))]:
+        want = g if step is None else z - step * g
+        out = np.empty_like(x)
+        res, gnorm = reg.fused_grad(x, th, y, 0.8, out=out, **kw)
+        assert res is out and _rel(res, want) <= 1e-12 and gnorm == pytest.approx(np.linalg.norm(g), rel=1e-12)
+        hv = reg.hvp(x, th, v) + 0.8 * v
+        assert _rel(reg.fused_hvp(x, th, v, 0.8), hv) <= 1e-14 and _rel(reg.hvp_data(x, th, v, 0.8), hv) <= 1e-14
+        assert _rel(reg.grad_data(x, th, y, 0.8), reg.grad(x, th) + 0.8 * (x - y)) <= 1e-14
