@@ -38,6 +38,7 @@ from ..problems.separable import require_separable
 from ..results import ConvergenceWarning, Result
 from ..solvers import solve_lower
 from .checkpoint import CheckpointError, data_fingerprint, load_checkpoint, save_checkpoint
+from .isgd_options import ISGD_DEFAULTS
 
 logger = logging.getLogger("varlearn")
 
@@ -133,7 +134,10 @@ def make_executor(opts, problem, upper):
     in-memory ``DenoisingProblem`` with ``SquaredError`` on NumPy.  Other
     separable problems, and data on a GPU, take the in-process path with
     ``"serial"`` (and refuse ``"dask"`` or an executor object); so does
-    ``"inprocess"``.
+    ``"inprocess"``.  An executor object brings its own settings: the options
+    ``images_per_task``, ``task_retries``, ``on_task_failure``,
+    ``max_drop_fraction``, ``client`` and ``n_workers`` must then keep their
+    defaults (``ValueError`` naming the option otherwise).
     """
     from ..executors import DaskExecutor, DenoisingDataset, SerialExecutor  # noqa: PLC0415
     from ..problems import DenoisingProblem, SquaredError  # noqa: PLC0415
@@ -160,6 +164,11 @@ def make_executor(opts, problem, upper):
         return spec, SerialExecutor(**common), True
     if ex == "dask":
         return spec, DaskExecutor(client=opts["client"], n_workers=opts["n_workers"], **common), True
+    for name in ("images_per_task", "task_retries", "on_task_failure", "max_drop_fraction", "client", "n_workers"):
+        if opts[name] != ISGD_DEFAULTS[name]:
+            raise ValueError(f"option {name!r} configures the executors ISGD makes ('serial', 'dask'); the "
+                             f"executor object given in option 'executor' has its own settings, got "
+                             f"{name}={opts[name]!r}")
     return spec, ex, False
 
 
