@@ -176,15 +176,22 @@ def test_pluggable_solver_errors_and_a_solver_without_a_true_residual(rng):
         hypergradient(prob, U, theta, 1e-3, 1e-3, linear_solver=vl.cg)
 
     class RecurrenceOnly:
-        """A linear solver that reports an optimistic residual and does not say it is the true one."""
+        """A linear solver that stops early and reports no residual."""
 
         def solve(self, matvec, b, tol, x0=None, callback=None):
             res = CG(maxiter=3).solve(matvec, b, tol, x0=x0)
-            return vl.results.Result(x=res.x, nit=res.nit, residual_norm=0.0, success=True)
+            return vl.results.Result(x=res.x, nit=res.nit, success=True)
 
+    class NoBound:
+        def solve(self, problem, theta, tol, x0=None, L0=None, callback=None):
+            return vl.results.Result(x=problem.noisy, nit=1, status="success")
+
+    with pytest.raises(TypeError, match="lower_solver.solve must return a Result with x, nit, status, "
+                                        "distance_bound; got Result without distance_bound"):
+        hypergradient(prob, U, theta, 1e-3, 1e-3, lower_solver=NoBound())
     hg = hypergradient(prob, U, theta, 1e-3, 1e-9, linear_solver=RecurrenceOnly())
     true = np.linalg.norm(U.grad(hg.x) - prob.hvp(hg.x, theta, hg.q))
-    assert hg.delta >= true > 1e-9  # delta is the true residual of q (+ rounding margin), not the claimed 0
+    assert hg.delta >= true > 1e-9  # delta is the true residual of q (+ rounding margin)
     assert hg.n_cg_iter == hg.cg.nit + 1  # the residual product is counted (TV's constants cost nothing)
     assert hg.error_bound > 0
 

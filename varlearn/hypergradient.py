@@ -174,6 +174,14 @@ def _solver(solver, name, factory, **options):
     return solver
 
 
+def _check_result(res, name, keys):
+    """A plug-in solver's result must carry the fields the bound is built from."""
+    missing = [k for k in keys if getattr(res, k, None) is None]
+    if missing:
+        raise TypeError(f"{name}.solve must return a Result with {', '.join(keys)}; "
+                        f"got {type(res).__name__} without {', '.join(missing)}")
+
+
 def _default_fista(lower_maxiter=10000, backtracking="auto"):
     return FISTA(maxiter=lower_maxiter, backtracking=backtracking)
 
@@ -245,8 +253,10 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
         :class:`~varlearn.solvers.FISTA`.
     linear_solver : object, optional
         Anything with ``solve(matvec, b, tol, x0=None, callback=None)`` returning a
-        :class:`~varlearn.results.Result` with ``x``, ``nit``, ``success`` and
-        ``residual_norm``.  Default :class:`~varlearn.solvers.CG`.
+        :class:`~varlearn.results.Result` with ``x``, ``nit`` and ``success``, and
+        ``residual_norm`` with ``residual="true"`` when it is the true residual of ``x``
+        (else the true residual is computed here, one product).  Default
+        :class:`~varlearn.solvers.CG`.
 
     Returns
     -------
@@ -283,6 +293,7 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         low = lower_solver.solve(problem, theta, lower_tol, x0=x0, L0=lower_L0)
+        _check_result(low, "lower_solver", ("x", "nit", "status", "distance_bound"))
         x = low.x
         gU = upper.grad(x)
         gU_norm = _norm(xp, gU)
@@ -291,6 +302,7 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
             return problem.hvp(x, theta, v)
 
         res = linear_solver.solve(matvec, gU, cg_tol, x0=q0)
+        _check_result(res, "linear_solver", ("x", "nit", "success"))
     for w in caught:
         logger.info("hypergradient: %s", w.message)
     q = res.x
@@ -298,8 +310,9 @@ def hypergradient(problem, upper, theta, lower_tol, cg_tol, x0=None, q0=None, bo
     z_norm = _norm(xp, z)
     n_lower = low.nit + getattr(low, "n_hvp", 0)
     n_cg = res.nit
-    residual_norm = res.residual_norm
-    if getattr(res, "residual", None) != "true":  # a plug-in solver: δ from the true residual of q
+    if getattr(res, "residual", None) == "true":
+        residual_norm = res.residual_norm
+    else:  # a plug-in solver that does not report the true residual: δ from the true residual of q
         residual_norm = _norm(xp, gU - matvec(q))
         n_cg += 1
     mu = float(getattr(low, "mu", None) or problem.strong_convexity(theta))
