@@ -1,6 +1,7 @@
 """The executor interface, the task loop with retries, and the serial (reference) executor."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -28,19 +29,19 @@ def theta_digest(theta):
     return hashlib.sha256(np.ascontiguousarray(theta, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
+@dataclasses.dataclass
 class _Task:
-    """One chunk of a call: its arguments and its attempts."""
+    """One chunk of a call: its arguments (``data`` = (spec for the task, raw rows or None)) and its attempts."""
 
-    def __init__(self, chunk, indices, eps_c, delta_c, opts, warm, data):
-        self.chunk = chunk
-        self.indices = indices
-        self.eps_c = eps_c
-        self.delta_c = delta_c
-        self.opts = opts
-        self.warm = warm
-        self.data = data
-        self.attempt = 0
-        self.errors = []
+    chunk: int
+    indices: tuple
+    eps_c: float
+    delta_c: float | None
+    opts: TaskOptions
+    warm: dict | None
+    data: tuple
+    attempt: int = 0
+    errors: list = dataclasses.field(default_factory=list)
 
 
 class Executor:
