@@ -23,7 +23,7 @@ intermediate values (``z``, the horizontal and vertical fluxes) in a small
 scratch buffer allocated once per call and thread.  The inner loops run over one
 row with no branches so that LLVM vectorises them; sums of squares are
 accumulated per column (in float64), added up per chunk, and the per-chunk
-partial sums are added in chunk order, so every result is bit-identical whatever
+partial sums are added exactly rounded, so every result is bit-identical whatever
 the number of threads.  Arithmetic is done in the dtype of the arrays (float32
 stays float32, as in the NumPy reference).  The kernels are serial numba
 functions that release the GIL (``nogil=True``);
@@ -51,6 +51,8 @@ References
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -76,13 +78,20 @@ def _n_blocks(h):
 
 
 def _run(kernel, x, args):
-    """Run ``kernel(*args, acc, nb, c0, c1)`` over all chunks of ``x``; returns the partial sums ``acc``."""
+    """Run ``kernel(*args, acc, nb, c0, c1)`` over all chunks of ``x``; returns the sum of the partial sums ``acc``.
+
+    The partial sums are added exactly rounded (``math.fsum``), so the total does not
+    depend on their order either.
+    """
     n_img, h, w = x.shape
     nb = _n_blocks(h)
     n_chunks = n_img * nb
     acc = np.empty(n_chunks)
-    _accel.run_chunks(kernel, n_chunks, (*args, acc, nb), 1 if n_img * h * w < _SERIAL_BELOW else None)
-    return acc
+    if n_img * h * w < _SERIAL_BELOW:
+        kernel(*args, acc, nb, 0, n_chunks)
+    else:
+        _accel.run_chunks(kernel, n_chunks, (*args, acc, nb))
+    return math.fsum(acc.tolist())
 
 
 # ---------------------------------------------------------------------- the potentials, once
@@ -278,41 +287,46 @@ def _value_chunks(x, nu2, iso, acc, nb, c0, c1):
 
 
 # ---------------------------------------------------------------------- the kernel sets
-def _check(x3, **others):
-    """x3 and the arrays that must match it: C-contiguous (N, H, W) NumPy arrays of one dtype."""
+def _check(x3, arrays, names):
+    """x3 and the ``arrays`` that must match it: C-contiguous (N, H, W) NumPy arrays of one float dtype."""
     if not isinstance(x3, np.ndarray) or x3.ndim != 3:
         raise TypeError(f"x3 must be a NumPy array of shape (N, H, W), got {type(x3).__name__} "
                         f"of shape {getattr(x3, 'shape', None)}")
-    for name, a in (("x3", x3), *others.items()):
-        if not isinstance(a, np.ndarray) or a.shape != x3.shape or a.dtype != x3.dtype:
-            raise ValueError(f"{name} must be a NumPy array with the shape and dtype of x3 {x3.shape} "
-                             f"{x3.dtype}, got {getattr(a, 'shape', None)} {getattr(a, 'dtype', None)}")
+    shape, dtype = x3.shape, x3.dtype
+    if dtype != np.float64 and dtype != np.float32:
+        raise TypeError(f"x3 must be float32 or float64, got {dtype}")
+    for name, a in zip(("x3", *names), (x3, *arrays)):
+        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
+            raise ValueError(f"{name} must be a NumPy array with the shape and dtype of x3 {shape} "
+                             f"{dtype}, got {getattr(a, 'shape', None)} {getattr(a, 'dtype', None)}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous")
-    if x3.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x3 must be float32 or float64, got {x3.dtype}")
-    return x3.dtype.type
+    return dtype.type
+
+
+_GRAD_ARGS = ("y3", "xprev3", "out3")
+_HVP_ARGS = ("v3", "out3")
 
 
 def _kernel_set(iso):
     def value(x3, lam, nu):
-        t = _check(x3)
-        return float(lam) * float(_run(_value_chunks, x3, (x3, t(nu * nu), iso)).sum())
+        t = _check(x3, (), ())
+        return float(lam) * _run(_value_chunks, x3, (x3, t(nu * nu), iso))
 
     def fused_grad(x3, y3, data_w, lam, nu, xprev3, beta, step, out3):
         if xprev3 is None or beta == 0:
             xprev3, beta = x3, 0.0  # z = x + 0 (x - x) = x
         if y3 is None or data_w == 0:
             y3 = x3
-        t = _check(x3, y3=y3, xprev3=xprev3, out3=out3)
+        t = _check(x3, (y3, xprev3, out3), _GRAD_ARGS)
         keep, step = (0.0, -1.0) if step is None else (1.0, step)  # out = 0 z + g = g exactly
-        args = (x3, xprev3, x3, y3, t(data_w), t(beta), t(keep), t(step), t(lam), t(nu * nu), iso, False, out3)
-        return float(_run(_pass_chunks, x3, args).sum())
+        return _run(_pass_chunks, x3, (x3, xprev3, x3, y3, t(data_w), t(beta), t(keep), t(step), t(lam),
+                                       t(nu * nu), iso, False, out3))
 
     def fused_hvp(x3, v3, data_w, lam, nu, out3):
-        t = _check(x3, v3=v3, out3=out3)
-        args = (x3, x3, v3, x3, t(data_w), t(0), t(0), t(-1), t(lam), t(nu * nu), iso, True, out3)
-        _run(_pass_chunks, x3, args)
+        t = _check(x3, (v3, out3), _HVP_ARGS)
+        zero = t(0)
+        _run(_pass_chunks, x3, (x3, x3, v3, x3, t(data_w), zero, zero, t(-1), t(lam), t(nu * nu), iso, True, out3))
 
     pot = "GroupSmoothedL1" if iso else "SmoothedL1"
     return KernelSet(f"FiniteDifference+{pot} (numba)", value, fused_grad, fused_hvp)
