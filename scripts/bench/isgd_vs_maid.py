@@ -24,7 +24,7 @@ import numpy as np
 from varlearn import experiments as E
 from varlearn import isgd_experiment as I
 
-BUDGET = {"tv": 1.2e5, "foe": 3e4}
+BUDGET = {"tv": 6e4, "foe": 1e4}
 QUICK_BUDGET = {"tv": 1.5e3, "foe": 8e2}
 
 
