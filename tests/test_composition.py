@@ -88,6 +88,8 @@ def test_tv_equals_composition_and_reference(xp, accel, rng, iso, shape):
         assert _rel(reg.mixed_vjp(X, T, W), ref["mixed"]) <= 1e-12
         assert _rel(reg.mixed_norm_bound(X, T), ref["mixed_norm"]) <= 1e-12
         assert _rel(reg.fused_hvp(X, T, V, 0.7), ref["hvp"] + 0.7 * v) <= 1e-12
+        out = xp.empty_like(X)
+        assert reg.fused_hvp(X, T, V, 0.7, out=out) is out and _rel(out, ref["hvp"] + 0.7 * v) <= 1e-12
 
 
 @pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])

@@ -114,7 +114,7 @@ class LinearOperator(abc.ABC):
         """
         return None
 
-    def pullback(self, x, fn, v=None, n_stats=0, *, weights=None, param_grad=False):
+    def pullback(self, x, fn, v=None, n_stats=0, *, weights=None, param_grad=False, out=None):
         r"""The blocked primitive :math:`K^T f(Kx)`: apply ``fn`` to blocks of ``Kx`` (and ``Kv``).
 
         Parameters
@@ -136,6 +136,8 @@ class LinearOperator(abc.ABC):
             Return the parameter cotangent
             :math:`\sum_c w_c[\partial\langle y_{x,c}, K_cx\rangle + \partial\langle y_{v,c}, K_cv\rangle]/\partial p`
             instead of :math:`K^Ty`.
+        out : array like ``x``, optional
+            Where to write :math:`K^Ty` (not with ``param_grad``).
 
         Returns
         -------
@@ -180,7 +182,13 @@ class LinearOperator(abc.ABC):
                 g = g + self.param_vjp(v, scaled(yv))
             return g, stats
         y = res[0]
-        return (None if y is None else self.adjoint(scaled(y))), stats
+        if y is None:
+            return None, stats
+        g = self.adjoint(scaled(y))
+        if out is not None:
+            out[...] = g
+            g = out
+        return g, stats
 
     def _fresh(self, x):
         """``apply(x)`` in a buffer of its own (never ``x`` itself)."""

@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from ..backend import get_namespace, to_numpy
-from ..linalg import norm64
+from ..linalg import gradient_step, norm64
 from ..operators import LinearOperator
 from ..potentials import Potential
 from ._kernels import find_kernel
@@ -218,14 +218,13 @@ class Composite(CompositeBounds):
             pot.d1(self._view(u), self._sel(nu_b, ch), out=self._view(u))
             return u, None
 
-        g = self._pull(x, fn, lam)
-        return _into(g, out)
+        return self._pull(x, fn, lam, out=out)
 
-    def _pull(self, x, fn, lam, v=None):
+    def _pull(self, x, fn, lam, v=None, out=None):
         """``pullback`` of ``fn`` with the weights ``lam`` folded in (a scalar scales the result)."""
         scalar = isinstance(lam, float)
         weights = None if scalar else get_namespace(x).asarray(lam, dtype=x.dtype)
-        g, _ = self.operator.pullback(x, fn, v=v, weights=weights)
+        g, _ = self.operator.pullback(x, fn, v=v, weights=weights, out=out)
         if scalar and lam != 1.0:
             g *= lam
         return g
@@ -247,7 +246,7 @@ class Composite(CompositeBounds):
             pot.hess_apply(self._view(u), self._sel(nu_b, ch), self._view(kv), out=self._view(kv))
             return kv, None
 
-        return _into(self._pull(x, fn, lam, v=v), out)
+        return self._pull(x, fn, lam, v=v, out=out)
 
     # ------------------------------------------------------------------ fused passes (C1)
     def fused_grad(self, x, lam, nu, y=None, data_w=0.0, *, x_prev=None, beta=0.0, step=None, out=None):
@@ -266,17 +265,11 @@ class Composite(CompositeBounds):
             k = _find_kernel(self.operator, self.potential, x)
             if k is not None:
                 return self._kernel_grad(k, x, lam, nu, y, data_w, x_prev, float(beta), step, out)
-        xp = get_namespace(x)
         z = x if (x_prev is None or beta == 0) else x + beta * (x - x_prev)
-        g = self._grad(z, lam, nu, None)
+        g = self._grad(z, lam, nu, out if step is None else None)
         if data_w != 0.0:
             g += data_w * (z - y)
-        gnorm = norm64(g)
-        if step is None:
-            return _into(g, out), gnorm
-        out = xp.empty_like(x) if out is None else out
-        xp.subtract(z, step * g, out=out)
-        return out, gnorm
+        return (g if step is None else gradient_step(z, g, step, out)), norm64(g)
 
     def fused_hvp(self, x, lam, nu, v, data_w=0.0, *, out=None):
         """``data_w v + ∇²R(x) v`` (one kernel pass for a registered pair with scalar parameters)."""
@@ -286,10 +279,10 @@ class Composite(CompositeBounds):
             k = _find_kernel(self.operator, self.potential, x)
             if k is not None:
                 return self._kernel_hvp(k, x, lam, nu, v, data_w, out)
-        h = self._hvp(x, lam, nu, v, None)
+        h = self._hvp(x, lam, nu, v, None if out is v else out)
         if data_w != 0.0:
             h += data_w * v
-        return _into(h, out)
+        return _into(h, out) if out is v else h
 
     def _kernel_grad(self, k, x, lam, nu, y, data_w, x_prev, beta, step, out):
         x3 = _stack(x)
