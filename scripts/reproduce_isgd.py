@@ -100,20 +100,23 @@ def main(argv=None):
             budget = budgets[name] or (QUICK_BUDGET if args.quick else BUDGET)[name]
             print(f"== {name}: {task.n_images} images {task.problem.x_shape[1]}x{task.problem.x_shape[2]}, "
                   f"image budget {budget:g} per run", flush=True)
-
-            def show(r):
-                print(f"  {r['label']:<38} seed {r['seed']} {r['status']:<17} it {r['nit']:>5} "
-                      f"cost {r['image_cost']:>9.0f} f {r['points'][-1]['f_train']:.6g} "
-                      f"({r['wall_time']:.1f}s)", flush=True)
-
             with E.Timer() as t:
-                base = I.baseline(task)
+                block = {"scale": task.scale, "image_budget": budget, "f_star": task.f_star, **I.baseline(task),
+                         "runs": [], "partial": True}
+                metrics["problems"][name] = block
+
+                def show(r, block=block):
+                    print(f"  {r['label']:<38} seed {r['seed']} {r['status']:<17} it {r['nit']:>5} "
+                          f"cost {r['image_cost']:>9.0f} f {r['points'][-1]['f_train']:.6g} "
+                          f"({r['wall_time']:.1f}s)", flush=True)
+                    block["runs"].append(r)  # metrics.json after every run: a killed script keeps what it did
+                    E.write_metrics(out / "metrics.json", metrics)
+
                 records = I.compare(task, specs, budget, FRACTIONS, progress=show, time_cap=args.time_cap)
-            metrics["problems"][name] = {
-                "scale": task.scale, "image_budget": budget, "f_star": task.f_star, **base, "runs": records,
-                "summary": I.summary(records), "claims": I.claims(records, FRACTIONS), "wall_time": t.seconds,
-                "figure": I.plot_curves(out / f"isgd_{name}_loss_vs_cost.png", records,
-                                        f"{name}: training loss at equal image cost").name}
+            block.update(runs=records, partial=False, summary=I.summary(records),
+                         claims=I.claims(records, FRACTIONS), wall_time=t.seconds,
+                         figure=I.plot_curves(out / f"isgd_{name}_loss_vs_cost.png", records,
+                                              f"{name}: training loss at equal image cost").name)
             print("\n".join(I.table(records, task.f_star)), flush=True)
             E.write_metrics(out / "metrics.json", metrics)
     print(f"wrote {out / 'metrics.json'}", flush=True)
