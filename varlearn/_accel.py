@@ -3,10 +3,13 @@
 Accelerators
 ------------
 The pure array-API code paths are the reference; accelerated kernels (numba on
-NumPy arrays, fused CuPy kernels on CuPy arrays) are used when available and
-enabled.  ``VARLEARN_ACCEL=0`` in the environment, or
-:func:`set_accelerated(False) <set_accelerated>`, forces the reference paths
-(the tests compare both).
+NumPy arrays, fused CUDA kernels on CuPy arrays) are used when available and
+enabled.  The kernels of composed regularizers are registered against the
+(operator, potential) pair they accelerate, in
+:mod:`varlearn.regularizers._kernels`; :func:`numba_module` imports a numba
+kernel module (``None`` without numba).  ``VARLEARN_ACCEL=0`` in the
+environment, or :func:`set_accelerated(False) <set_accelerated>`, forces the
+reference paths (the tests compare both).
 
 Threads
 -------
