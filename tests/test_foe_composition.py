@@ -27,7 +27,7 @@ POTENTIALS = {"smoothed_l1": SmoothedL1, "student_t": LogStudentT, "huber": Hube
 RTOL = 1e-11
 
 
-def _case(xp, rng, potential, learn, size=5, k=3, shape=(2, 9, 10)):
+def _case(rng, potential, learn, size=5, k=3, shape=(2, 9, 10)):
     reg = vl.FieldOfExperts(n_filters=k, size=size, rng=rng, learn_filters=learn, potential=POTENTIALS[potential]())
     theta = reg.init_params() + 0.3 * rng.standard_normal(reg.n_params)
     theta[1:k + 1] += 2.0  # weights of order one: the potential's curvature matters in every term
@@ -64,12 +64,17 @@ def _tap_reference(reg, theta, x, w):
     return bank.tap_vjp(x, y_x) + bank.tap_vjp(w, y_w)
 
 
-@pytest.mark.parametrize("learn", [True, False], ids=["learned", "fixed"])
-@pytest.mark.parametrize("potential", sorted(POTENTIALS))
-def test_foe_equals_its_composition(xp, rng, potential, learn):
-    reg, theta, x, w = _case(xp, rng, potential, learn)
-    ref, th_ref = _terms(reg, theta)
-    lam, nu, taps = _natural(reg, theta)
+@pytest.fixture(params=[(p, learn) for p in sorted(POTENTIALS) for learn in (True, False)],
+                ids=lambda p: f"{p[0]}-{'learned' if p[1] else 'fixed'}")
+def case(request, rng):
+    """``(reg, theta, x, w, learn)`` and the references ``(ref, th_ref)``, ``(lam, nu, taps)``."""
+    potential, learn = request.param
+    reg, theta, x, w = _case(rng, potential, learn)
+    return (reg, theta, x, w, learn), _terms(reg, theta), _natural(reg, theta)
+
+
+def test_foe_equals_its_composition(xp, rng, case):
+    (reg, theta, x, w, learn), (ref, th_ref), (lam, nu, taps) = case
     comp = Composite(FilterBank(xp.asarray(taps)), reg.potential)
     y, x_prev = rng.rand(*x.shape), rng.rand(*x.shape)
     X, W, T, Y, P = (xp.asarray(a) for a in (x, w, theta, y, x_prev))
@@ -109,12 +114,8 @@ def test_foe_equals_its_composition(xp, rng, potential, learn):
     close(nu * to_numpy(d_nu), m_ref[1::2], "composite mixed: nu")
 
 
-@pytest.mark.parametrize("learn", [True, False], ids=["learned", "fixed"])
-@pytest.mark.parametrize("potential", sorted(POTENTIALS))
-def test_foe_bounds_equal_the_composition(xp, rng, potential, learn):
-    reg, theta, x, w = _case(xp, rng, potential, learn)
-    ref, th_ref = _terms(reg, theta)
-    lam, nu, taps = _natural(reg, theta)
+def test_foe_bounds_equal_the_composition(xp, case):
+    (reg, theta, x, _, learn), (ref, th_ref), (lam, nu, taps) = case
     bank = FilterBank(taps)
     comp = Composite(bank, reg.potential)
     T, X = xp.asarray(theta), xp.asarray(x)
@@ -156,7 +157,7 @@ def test_foe_bounds_equal_the_composition(xp, rng, potential, learn):
 @pytest.mark.parametrize("potential", ["smoothed_l1", "student_t"])
 def test_foe_composition_derivatives(rng, potential, learn):
     """The composition's derivatives (what FoE forwards to) pass the Taylor tests of varlearn.testing."""
-    reg, theta, x, _ = _case(np, rng, potential, learn, size=3)
+    reg, theta, x, _ = _case(rng, potential, learn, size=3)
     check_regularizer(reg, x, theta, rng=rng, raise_error=True)
     lam, nu, taps = _natural(reg, theta)
     comp = Composite(FilterBank(taps), reg.potential)
@@ -177,6 +178,6 @@ def test_foe_composition_derivatives(rng, potential, learn):
 
 def test_foe_huber_mixed_taylor(rng):
     """Huber (φ'' jumps): gradient and mixed derivative Taylor tests only."""
-    reg, theta, x, _ = _case(np, rng, "huber", True, size=3)
+    reg, theta, x, _ = _case(rng, "huber", True, size=3)
     check_grad(lambda z: reg.value(z, theta), lambda z: reg.grad(z, theta), x, rng=rng, raise_error=True)
     check_mixed(reg.grad, reg.mixed_vjp, x, theta, rng=rng, blocks=reg.param_layout(), raise_error=True)
