@@ -368,12 +368,3 @@ def check_float_array(a, name):
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
     return a
-
-
-def __getattr__(name):
-    # transitional: varlearn.operators re-exports FilterBank from here until it imports operators/filterbank.py
-    if name == "FilterBank":
-        from .operators.filterbank import FilterBank
-
-        return FilterBank
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
