@@ -360,7 +360,8 @@ def test_float32_preserved(xp):
     # certified distances down to about 1e-3
     res = solve_lower(prob, theta, 2e-3)
     assert res.success and res.x.dtype == np.float32 and res.distance_bound <= 2e-3
-    refused = solve_lower(prob, theta, 1e-4)
+    with pytest.warns(vl.results.ConvergenceWarning, match="precision_limit"):
+        refused = solve_lower(prob, theta, 1e-4)
     assert refused.status == "precision_limit" and not refused.success and refused.distance_bound > 1e-4
 
     rng = np.random.default_rng(1)
