@@ -40,13 +40,13 @@ cat "$OUT/env.txt"
 
 # 1a. the fused TV kernels first (a failure elsewhere must not hide them), then
 # 1b. the rest of the GPU suite; collection errors in unrelated modules do not stop it
-timeout 90 "$PY" -m pytest tests/test_tv_cupy.py -m gpu -q -x -ra -p no:cacheprovider \
+timeout 90 "$PY" -m pytest tests/test_kernels.py -m gpu -q -x -ra -p no:cacheprovider \
   >"$OUT/pytest_tv_cupy.txt" 2>&1
 tv_rc=$?
 tail -n 30 "$OUT/pytest_tv_cupy.txt"
 echo "pytest (TV kernels) exit code: $tv_rc (elapsed $(( $(date +%s) - start )) s)"
 timeout 110 "$PY" -m pytest -m gpu -q -x -ra -p no:cacheprovider --continue-on-collection-errors \
-  --ignore=tests/test_tv_cupy.py >"$OUT/pytest.txt" 2>&1
+  --ignore=tests/test_kernels.py >"$OUT/pytest.txt" 2>&1
 pytest_rc=$?
 tail -n 40 "$OUT/pytest.txt"
 echo "pytest (rest of -m gpu) exit code: $pytest_rc (elapsed $(( $(date +%s) - start )) s)"

@@ -258,6 +258,7 @@ def test_find_kernel_returns_none_where_no_kernel_applies(rng):
 def test_register_kernel_validates_and_registers(rng, monkeypatch):
     pytest.importorskip("numba")
     monkeypatch.setattr(_kernels, "_registry", dict(_kernels._registry))
+    monkeypatch.setattr(_kernels, "_found", {})  # the look-up cache: no entry of this test survives it
     with pytest.raises(TypeError, match="operator_type must be a class, got 3"):
         _kernels.register_kernel(3, Quadratic, "numpy", "m:K")
     with pytest.raises(ValueError, match=r"backend must be one of \('numpy', 'cupy'\), got 'tpu'"):

@@ -83,7 +83,7 @@ import time
 logger = logging.getLogger("varlearn")
 
 __all__ = [
-    "set_accelerated", "accelerated", "numba_module", "cupy_module",
+    "set_accelerated", "accelerated", "numba_module",
     "set_threads", "get_threads", "threads", "thread_info", "sync_threads", "run_chunks",
     "on_compile", "COMPILE_NOTICE", "REFRESH_SECONDS",
 ]
@@ -124,16 +124,6 @@ def numba_module(name):
         except ImportError as exc:
             logger.info("numba kernels unavailable (%s); using the NumPy reference path", exc)
             _cache[key] = None
-    return _cache[key]
-
-
-def cupy_module(name):
-    """Import the CuPy kernel module ``name`` (as for :func:`numba_module`), or ``None`` when disabled."""
-    if not _enabled:
-        return None
-    key = ("cupy", name)
-    if key not in _cache:
-        _cache[key] = importlib.import_module(_module_path(name))
     return _cache[key]
 
 

@@ -34,8 +34,7 @@ are Python floats, the weight and the shape of the potential)::
     fused_hvp(x3, v3, data_w, lam, nu, out3) -> None
         # out3 <- data_w v3 + lam K^T [phi''(K x3; nu)] K v3
 
-:func:`as_stack` views an ``(..., H, W)`` array as such a stack.  The results
-agree with the composition computed from the parts to rounding (the kernels
+The results agree with the composition computed from the parts to rounding (the kernels
 add the same terms in another order); ``tests/test_kernels.py`` checks every
 registered kernel against it, on every backend and dtype.
 
@@ -57,13 +56,14 @@ from ...backend import cupy_usable, get_namespace, xp_name
 
 logger = logging.getLogger("varlearn")
 
-__all__ = ["KernelSet", "register_kernel", "find_kernel", "registered_kernels", "as_stack", "BACKENDS"]
+__all__ = ["KernelSet", "register_kernel", "find_kernel", "registered_kernels", "BACKENDS"]
 
 #: The backends a kernel can be registered for (the array namespace of ``x``).
 BACKENDS = ("numpy", "cupy")
 
 _registry: dict = {}   # (operator type, potential type, backend) -> "module:attribute"
 _resolved: dict = {}   # "module:attribute" -> KernelSet or None (module unavailable)
+_found: dict = {}      # (operator type, potential type, array type, dtype, ndim >= 2) -> KernelSet or None
 
 
 class KernelSet:
@@ -132,6 +132,7 @@ def register_kernel(operator_type, potential_type, backend, module_name):
     key = (operator_type, potential_type, backend)
     _registry[key] = module_name
     _resolved.pop(module_name, None)
+    _found.clear()
 
 
 def registered_kernels():
@@ -177,6 +178,17 @@ def find_kernel(operator, potential, x):
     """
     if not _accel.accelerated():
         return None
+    key = (type(operator), type(potential), type(x), getattr(x, "dtype", None), getattr(x, "ndim", 0) >= 2)
+    try:
+        return _found[key]  # the answer depends on these types only (numba / CuPy do not come and go)
+    except KeyError:
+        pass
+    kset = _lookup(operator, potential, x)
+    _found[key] = kset
+    return kset
+
+
+def _lookup(operator, potential, x):
     backend = xp_name(get_namespace(x))
     target = _registry.get((type(operator), type(potential), backend))
     if target is None or getattr(x, "ndim", 0) < 2:
@@ -187,13 +199,6 @@ def find_kernel(operator, potential, x):
     if kset is None or not kset.supports(x.dtype):
         return None
     return kset
-
-
-def as_stack(a):
-    """View ``a`` of shape ``(..., H, W)`` as a C-contiguous ``(N, H, W)`` stack (a copy only if needed)."""
-    xp = get_namespace(a)
-    a3 = a.reshape((-1,) + a.shape[-2:]) if a.ndim != 3 else a
-    return xp.ascontiguousarray(a3)
 
 
 def _register_builtin():
