@@ -413,3 +413,22 @@ def test_fixed_step_fista_is_one_fused_call_per_iteration(rng, monkeypatch):
     assert len(steps) == 20 and len(calls) == 22  # + the start point's gradient and the certificate at exit
     assert all(c["x_prev"] is not None and c["out"] is not None for c in steps)
     assert sum(c["beta"] != 0 for c in steps) == 19  # t_1 = 1: the first step does not extrapolate
+
+
+def test_estimate_lipschitz_is_reproducible_and_draws_by_the_backend_rule(rng):
+    from varlearn.solvers import estimate_lipschitz
+
+    prob = _tv(rng)
+    theta = np.array([-2.0, -3.0])
+    x = prob.noisy
+    a = estimate_lipschitz(prob, theta, x, n_iter=6, rng=5)
+    assert a == estimate_lipschitz(prob, theta, x, n_iter=6, rng=5)
+    assert estimate_lipschitz(prob, theta, x, n_iter=6) == estimate_lipschitz(prob, theta, x, n_iter=6, rng=0)
+    v = np.random.default_rng(5).standard_normal(x.shape).astype(x.dtype)  # random_normal's NumPy rule
+    v /= np.linalg.norm(v)
+    for _ in range(6):
+        hv = prob.hvp(x, theta, v)
+        lam = np.linalg.norm(hv)
+        v = hv / lam
+    assert a == pytest.approx(lam, rel=1e-12)
+    assert 0 < a <= prob.lipschitz(theta)
