@@ -128,6 +128,25 @@ def test_summarize_run_of_a_real_run():
                          "h")["certified_decrease"] is None
 
 
+def test_summarize_run_keeps_the_current_columns_and_json_options():
+    """Summaries carry wall_time, bound_exact and image_cost (old rows' time read as wall_time), and
+    options without live objects (an executor), so that they can be written as JSON."""
+    from varlearn._io import dumps_json
+    from varlearn.executors import SerialExecutor
+
+    problem, upper, _, _ = _tv(n=2)
+    res = vl.minimize_bilevel(problem, upper, np.array([-4.0, -4.0]), "maid",
+                              options={"maxiter": 3, "executor": SerialExecutor()})
+    s = summarize_run(res, "MAID")
+    assert s["image_cost"] == res.image_cost == 2 * s["cost"]
+    assert s["history"]["image_cost"] == [r["image_cost"] for r in res.history]
+    assert s["history"]["bound_exact"] == [True] * 4 and s["history"]["wall_time"] == [r["wall_time"] for r in
+                                                                                       res.history]
+    assert "executor" not in s["options"] and s["options"]["maxiter"] == 3 and dumps_json(s)
+    old = dict(res, history=[{("time" if k == "wall_time" else k): v for k, v in r.items()} for r in res.history])
+    assert summarize_run(old, "old")["history"]["wall_time"] == s["history"]["wall_time"]
+
+
 def _tv(n=1, size=10, seed=1):
     rng = np.random.default_rng(seed)
     clean = np.stack([np.tri(size) * 0.8 + 0.1 for _ in range(n)])

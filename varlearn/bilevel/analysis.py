@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_numpy
+from ._payload import RUNTIME_OPTIONS
 from .history import upgrade_row
 from .minimize import get_method, minimize_bilevel
 from .options import rename_options
@@ -147,7 +148,8 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
     ``n_accepted``, the ε statistics (``eps_first``, ``eps_final``,
     ``eps_min``, ``eps_max``, ``eps_monotone``), ``fun_increases``,
     ``certified_decrease`` (:func:`certified_decrease`; ``None`` for HOAG,
-    whose steps are not certified), ``options``, ``history`` (the columns of
+    whose steps are not certified), ``options`` (without live objects such as
+    ``executor``), ``history`` (the columns of
     :data:`SUMMARY_COLUMNS`), and ``theta`` (at most ``theta_limit`` values)
     or ``theta_summary``; ``extra`` is merged in last.
     """
@@ -171,7 +173,7 @@ def summarize_run(res, label, *, theta_limit=20, extra=None):
         "eps_monotone": is_monotone(eps),
         "fun_increases": int(sum(1 for a, b in zip(funs[:-1], funs[1:]) if _finite(a) and _finite(b) and b > a)),
         "certified_decrease": cert,
-        "options": dict(res["options"]),
+        "options": {k: v for k, v in res["options"].items() if k not in RUNTIME_OPTIONS},  # JSON-able
         "history": {k: [row.get(k) for row in h] for k in SUMMARY_COLUMNS},
     }
     if theta.size <= theta_limit:
