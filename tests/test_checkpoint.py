@@ -231,3 +231,34 @@ def test_data_fingerprint_follows_the_data():
     other[2, 7, 7] += 1e-12
     assert fp != data_fingerprint(p, vl.SquaredError(other))
     assert fp != data_fingerprint(p, vl.SquaredError(clean.astype(np.float32)))
+
+
+def test_format_version_1_still_loads_and_others_are_refused(tmp_path):
+    """Version 1 (before the metadata checksum) loads, its arrays still checked; unknown versions are refused."""
+    prob, U, ck = _run(tmp_path)
+    with np.load(ck, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files if k != "__meta_sha256__"}
+    meta = json.loads(str(files["__meta__"][()]))
+
+    def write(name, version, with_meta_sum=False, **extra):
+        m = dict(meta, format_version=version)
+        text = json.dumps(m)
+        out = dict(files, __meta__=np.array(text), **extra)
+        if with_meta_sum:
+            out["__meta_sha256__"] = np.array(hashlib.sha256(text.encode()).hexdigest())
+        buf = io.BytesIO()
+        np.savez(buf, **out)
+        (tmp_path / name).write_bytes(buf.getvalue())
+        return tmp_path / name
+
+    old = write("v1.npz", 1)
+    m1, a1 = load_checkpoint(old)
+    assert m1["format_version"] == 1 and m1["k"] == 2 and a1["theta"].shape == (2,)
+    resumed = vl.minimize_bilevel(prob, U, np.array([-4.0, -4.0]), options={"maxiter": 3}, resume=old)
+    assert resumed.nit == 3
+    with pytest.raises(CheckpointError, match="a version-1 checkpoint has no metadata checksum"):
+        load_checkpoint(write("v1sum.npz", 1, with_meta_sum=True))
+    with pytest.raises(CheckpointError, match=r"format version 99, expected 2 \(or 1\)"):
+        load_checkpoint(write("v99.npz", 99, with_meta_sum=True))
+    with pytest.raises(CheckpointError, match="array checksums do not match"):
+        load_checkpoint(write("v1bad.npz", 1, theta=np.array([0.0, 0.0])))

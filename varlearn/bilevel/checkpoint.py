@@ -49,6 +49,7 @@ raises :class:`CheckpointError` naming the file (and the field) otherwise.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -57,10 +58,12 @@ import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text, dumps_json, loads_json, savez_atomic
 
+logger = logging.getLogger("varlearn")
+
 __all__ = ["save_checkpoint", "load_checkpoint", "validate_bilevel_meta", "CheckpointError", "data_fingerprint",
            "atomic_write_bytes", "atomic_write_text", "FORMAT_VERSION"]
 
-#: version 2: the metadata is covered by ``__meta_sha256__`` (version 1 checked only the arrays)
+#: version 2: the metadata is covered by ``__meta_sha256__`` (version 1 checked only the arrays; it still loads)
 FORMAT_VERSION = 2
 
 
@@ -341,10 +344,14 @@ def load_checkpoint(path):
         raise CheckpointError(f"{where} is corrupted: its metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where} is corrupted: its metadata is not a JSON object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{where} has format version {meta.get('format_version')!r}, "
-                              f"expected {FORMAT_VERSION}")
-    if stored != _sha256(text.encode("utf-8")):
+    version = meta.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"{where} has format version {version!r}, expected {FORMAT_VERSION} (or 1)")
+    if version == 1:  # written before the metadata checksum: only the arrays are covered
+        if stored is not None:
+            raise CheckpointError(f"{where} is corrupted: a version-1 checkpoint has no metadata checksum")
+        logger.info("%s is format version 1: its metadata is not checksummed (only the arrays are)", where)
+    elif stored != _sha256(text.encode("utf-8")):
         raise CheckpointError(f"{where} is corrupted: the metadata checksum does not match")
     expected = meta.get("sha256", {})
     got = _digest(arrays)
