@@ -12,7 +12,7 @@ the value (exit status 2).
 ``--workers N`` (a ``LocalCluster`` of N single-threaded worker processes,
 closed at the end) and ``--scheduler ADDRESS`` (a running Dask scheduler, e.g.
 ``tcp://host:8786`` or a scheduler file) choose where the per-image solves run
-(``varlearn[dask]``).  They are stored in ``config.json`` under
+(``varlearn[distributed]``).  They are stored in ``config.json`` under
 ``"execution"``, apart from the options.  They are chosen anew at every
 start: ``--resume`` runs in this process unless ``--workers`` or
 ``--scheduler`` is given again (the cluster of the first session may be
@@ -72,7 +72,7 @@ def add_arguments(lp):
                    help="stop after N image-iterations (one FISTA or CG iteration on one image counts 1)")
     g.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="save checkpoint.npz every K steps (default 10) and at the end")
-    g = lp.add_argument_group("where the per-image solves run (varlearn[dask]; default: in this process)")
+    g = lp.add_argument_group("where the per-image solves run (varlearn[distributed]; default: in this process)")
     ex = g.add_mutually_exclusive_group()
     ex.add_argument("--workers", type=int, metavar="N",
                     help="start a Dask LocalCluster of N single-threaded worker processes (closed at the end)")
@@ -212,7 +212,7 @@ def _import_distributed(flagname):
     try:
         import distributed
     except ImportError as exc:
-        raise CliError(f"{flagname} needs Dask: pip install \"varlearn[dask]\" ({exc})") from None
+        raise CliError(f"{flagname} needs Dask: pip install \"varlearn[distributed]\" ({exc})") from None
     return distributed
 
 
