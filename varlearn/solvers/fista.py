@@ -300,6 +300,7 @@ class _Run:
         out = xp.empty_like(x)
         g_buf = xp.empty_like(x) if self.use_bt else None
         t = 1.0
+        legacy, active = notify.is_legacy, notify.active
         for k in range(self.maxiter):
             beta, t_new = _momentum(t, self.mu / self.L)
             # the one step path: a whole step in one fused pass, or (backtracking) the
@@ -314,7 +315,8 @@ class _Run:
             self.nit += 1
             if not math.isfinite(gnorm):
                 return self.finish(x, "nan", _NO_CERT)
-            notify.legacy_call(k, x, gnorm)
+            if legacy:
+                notify.legacy_call(k, x, gnorm)
             if gnorm < 0.99 * best:
                 best, last_gain = gnorm, k
             elif k - last_gain > window and best <= 100.0 * floor0:
@@ -333,7 +335,7 @@ class _Run:
                 self.backtrack(z, g, gnorm, out)
             x_prev, x, out = x, out, x_prev
             t = t_new
-            if notify.active and notify(Result(nit=self.nit, x=x, grad_norm=gnorm, L=self.L)):
+            if active and notify(Result(nit=self.nit, x=x, grad_norm=gnorm, L=self.L)):
                 return self.finish(x, "callback_stop")
         return self.finish(x, "maxiter")
 
