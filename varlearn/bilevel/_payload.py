@@ -13,12 +13,9 @@ import time
 
 from ..backend import to_device, to_numpy
 from .history import FLOAT_FIELDS, upgrade_row
+from .options import RUNTIME_OPTIONS
 
-__all__ = ["state_payload", "restore_state", "RUNTIME_OPTIONS"]
-
-#: options that hold live objects: used by the run, never written to a checkpoint
-RUNTIME_OPTIONS = frozenset({"executor"})
-
+__all__ = ["state_payload", "restore_state"]
 
 def _json_float(v):
     # checkpoint metadata goes through varlearn._io.dumps_json (the one JSON policy: non-finite

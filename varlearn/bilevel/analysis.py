@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_numpy
-from ._payload import RUNTIME_OPTIONS
 from .history import upgrade_row
 from .minimize import get_method, minimize_bilevel
-from .options import rename_options
+from .options import RUNTIME_OPTIONS, rename_options
 
 logger = logging.getLogger("varlearn")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 
-__all__ = ["DEFAULTS", "resolve_options", "METHODS", "DEPRECATED_OPTIONS", "rename_options"]
+__all__ = ["DEFAULTS", "resolve_options", "METHODS", "DEPRECATED_OPTIONS", "RUNTIME_OPTIONS", "rename_options"]
 
 METHODS = ("maid", "fixed", "hoag")
 
@@ -65,6 +65,9 @@ DEFAULTS = {
 _POSITIVE = {"eps0", "delta0", "step0", "armijo", "eps_floor", "eps_min", "hoag_C", "theta_clip"}
 _UNIT = {"rho", "nu", "eta", "decay_rate", "stationarity_rtol"}
 _GE1 = {"rho_inc", "nu_inc"}
+#: options that hold live objects: used by the run, never written to a checkpoint or a JSON summary
+RUNTIME_OPTIONS = frozenset({"executor"})
+
 #: old option name -> new name (the old name still works, with a DeprecationWarning)
 DEPRECATED_OPTIONS = {"max_iter": "maxiter"}
 
