@@ -209,6 +209,21 @@ def test_bad_arguments(spec):
         DenoisingDataset(spec.collection, TotalVariation(), sigma=0.1, noise="new")
 
 
+def test_dask_is_optional(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, varlearn, varlearn.executors, varlearn.datasets, varlearn.bilevel; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'zarr')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # the core never imports Dask
+    from varlearn.executors import DaskExecutor
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"varlearn\[distributed\]"):
+        DaskExecutor()
+
+
 # ----------------------------------------------------------------------------- Dask
 @pytest.mark.dask
 def test_dask_full_batch_equals_inprocess(client, spec, inprocess, exact):
