@@ -152,13 +152,6 @@ class ISGDState(BilevelState):
         self.owns_executor = False
         self.fingerprint = None
 
-    # image units are counted per step (batches differ in size), not derived from the stacked counts
-    image_lower_iter = image_cg_iter = 0
-
-    @property
-    def image_cost(self):
-        return self.image_lower_iter + self.image_cg_iter
-
     @property
     def epoch(self):
         """Completed epochs (passes over the data)."""

@@ -14,6 +14,13 @@ The table of the stochastic spec (§4.2), with the units used here:
 * costs are image-iterations: ``image_budget`` bounds the lower-level plus CG
   iterations summed over the images solved (an iteration on a stack of b
   images counts b).
+
+References
+----------
+M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "Bilevel learning with
+inexact stochastic gradients", SSVM 2025, arXiv 2412.12049 (schedules, batch sizes);
+D. P. Kingma, J. Ba, "Adam: a method for stochastic optimization", ICLR 2015
+(``adam_betas = (0.9, 0.999)``, ``adam_eps = 1e-8``).
 """
 from __future__ import annotations
 
