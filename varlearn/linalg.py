@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from . import _accel
-from .backend import get_namespace, xp_name
+from .backend import get_namespace
 
 __all__ = ["vdot", "norm", "norm64", "gradient_step", "gamma"]
 
@@ -22,28 +22,25 @@ __all__ = ["vdot", "norm", "norm64", "gradient_step", "gamma"]
 _NUMBA_MIN_SIZE = 1 << 15
 
 
-def _numba_dot(a, b):
-    """``sum(a * b)`` by the numba reduction (float64 accumulation), or None where it does not apply."""
-    if xp_name(get_namespace(a, b)) == "numpy" and a.size >= _NUMBA_MIN_SIZE and a.dtype.kind == "f" \
-            and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous:
+def _sum_products(xp, a, b) -> float:
+    """``sum(a * b)`` for arrays of namespace ``xp``: the numba reduction (float64 accumulation) where it
+    applies, else ``xp.vdot``."""
+    if xp is np and a.size >= _NUMBA_MIN_SIZE and a.dtype.kind == "f" and a.dtype == b.dtype \
+            and a.flags.c_contiguous and b.flags.c_contiguous:
         k = _accel.numba_module("_reduce_numba")
         if k is not None:
             return float(k.dot(a.reshape(-1), b.reshape(-1)))
-    return None
+    return float(xp.vdot(a.ravel(), b.ravel()))
 
 
 def vdot(a, b) -> float:
     """``sum(a * b)`` over all entries, as a Python float (one host sync on CuPy)."""
-    s = _numba_dot(a, b)
-    if s is not None:
-        return s
-    xp = get_namespace(a, b)
-    return float(xp.vdot(a.ravel(), b.ravel()))
+    return _sum_products(get_namespace(a, b), a, b)
 
 
 def norm(a) -> float:
     """Euclidean norm of all entries of ``a``, as a Python float."""
-    return math.sqrt(max(vdot(a, a), 0.0))
+    return math.sqrt(max(_sum_products(get_namespace(a), a, a), 0.0))
 
 
 def norm64(a) -> float:
@@ -53,7 +50,9 @@ def norm64(a) -> float:
     the result is at most about ``n`` times the float64 unit roundoff (``n`` entries).
     """
     xp = get_namespace(a)
-    return norm(a if a.dtype == xp.float64 else a.astype(xp.float64))
+    if a.dtype != xp.float64:
+        a = a.astype(xp.float64)
+    return math.sqrt(max(_sum_products(xp, a, a), 0.0))
 
 
 def gradient_step(z, g, step, out):
