@@ -367,6 +367,11 @@ def test_executor_and_in_process_paths_agree_bit_for_bit():
                             lower_maxiter=2000)
     c = ISGD(**opts).run(spec, None, THETA0)
     np.testing.assert_array_equal(c.theta, a.theta)
+    ev = dict(batch_size=4, max_epochs=1, eval_every=1, eval_tol=1e-7, eval_set=(spec, None))
+    d, e = ISGD(**ev).run(prob, U, THETA0), ISGD(**ev).run(spec, None, THETA0)
+    for x, y in zip(d.evaluations, e.evaluations):  # the data set is evaluated through the executor
+        assert x["fun_full"] == y["fun_full"] == x["fun_heldout"] and x["eval_cost"] == y["eval_cost"]
+        assert x["psnr_full"] == pytest.approx(y["psnr_full"], rel=1e-12) and y["psnr_heldout"] > 20
     assert all(math.isfinite(r["omega"]) and r["bound_exact"] for r in a.history)
 
 

@@ -221,14 +221,31 @@ def executor_hypergradient(state, idx, epoch, eps, delta, bound, L0):
                   n_dropped=bh.n_dropped, n_uncertified=uncertified, status=bh.status, x=None)
 
 
+def _executor(state):
+    """The run's executor, or a SerialExecutor for a DenoisingDataset on the in-process path."""
+    if state.executor is not None:
+        return state.executor
+    from ..executors import SerialExecutor  # noqa: PLC0415
+
+    return SerialExecutor()
+
+
 def evaluate_set(state, problem, upper, tol):
     """``(U, mean PSNR, image cost)`` of a cold solve of all images of ``problem`` to ``tol`` per image."""
     o = state.options
-    if upper is None:  # a DenoisingDataset: through the executor
+    if upper is None:  # a DenoisingDataset: through the executor, PSNR read back a batch at a time
+        from ..problems import SquaredError  # noqa: PLC0415
+
         n = int(problem.n_samples)
-        ex = state.executor
-        bv = ex.trial(problem, list(range(n)), to_numpy(state.theta), math.sqrt(n) * tol, key=f"isgd-eval-{state.k}")
-        return float(bv.fun), math.nan, int(bv.image_lower_iter)
+        bv = _executor(state).trial(problem, list(range(n)), to_numpy(state.theta), math.sqrt(n) * tol,
+                                    key=f"isgd-eval-{state.k}")
+        psnr_sum, step = 0.0, o["batch_size"]
+        for start in range(0, n, step):
+            idx = list(range(start, min(n, start + step)))
+            clean = problem.read_pairs(idx)[0]
+            x = np.stack([np.asarray(bv.warm_out[i][0]) for i in idx])
+            psnr_sum += len(idx) * float(SquaredError(clean).psnr(x))
+        return float(bv.fun), psnr_sum / n, int(bv.image_lower_iter)
     n = int(problem.x_shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

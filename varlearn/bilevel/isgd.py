@@ -321,7 +321,9 @@ class ISGD(BilevelSolver):
         (the stack to ``sqrt(N) * eval_tol``); appends a row of
         :data:`ISGD_EVAL_FIELDS` (its cost in ``eval_cost``, apart from
         ``image_cost``) and returns it.  Data given as a ``DenoisingDataset``
-        is evaluated through the executor (``psnr_full`` NaN).
+        (train or held out, with ``upper=None``) is solved through the executor's
+        ``trial`` and its PSNR computed from the clean images read back a
+        batch at a time.
         """
         o = state.options
         row = {"iter": state.k, "epoch": state.epoch, "image_cost": state.image_cost,
