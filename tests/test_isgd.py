@@ -418,6 +418,9 @@ def test_collection_of_clean_images_with_synthetic_noise_resumes_exactly(tmp_pat
     other = DenoisingDataset(ImageCollection.from_array(clean), reg, sigma=0.1, noise_seed=5, lower_maxiter=2000)
     with pytest.raises(CheckpointError, match="written with noise"):
         ISGD(maxiter=6, **opts).run(other, None, THETA0, resume=ck)
+    fresh = DenoisingDataset(ImageCollection.from_array(clean), reg, sigma=0.1, noise="fresh", lower_maxiter=2000)
+    res = ISGD(batch_size=2, max_epochs=2, eval_every=1).run(fresh, None, THETA0)  # noise redrawn per epoch
+    assert len(res.evaluations) == 3 and all(math.isfinite(e["psnr_full"]) for e in res.evaluations)
     with pytest.raises(ValueError, match="upper must be None for a DenoisingDataset"):
         ISGD(maxiter=2).run(spec, vl.SquaredError(clean), THETA0)
 

@@ -238,11 +238,11 @@ def evaluate_set(state, problem, upper, tol):
 
         n = int(problem.n_samples)
         bv = _executor(state).trial(problem, list(range(n)), to_numpy(state.theta), math.sqrt(n) * tol,
-                                    key=f"isgd-eval-{state.k}")
+                                    key=f"isgd-eval-{state.k}", epoch=state.epoch)  # epoch: noise="fresh"
         psnr_sum, step = 0.0, o["batch_size"]
         for start in range(0, n, step):
             idx = list(range(start, min(n, start + step)))
-            clean = problem.read_pairs(idx)[0]
+            clean = problem.read_pairs(idx, epoch=state.epoch)[0]
             x = np.stack([np.asarray(bv.warm_out[i][0]) for i in idx])
             psnr_sum += len(idx) * float(SquaredError(clean).psnr(x))
         return float(bv.fun), psnr_sum / n, int(bv.image_lower_iter)
