@@ -294,6 +294,8 @@ def test_composite_per_channel_derivatives(rng, pot):
     check_grad(lambda y: comp.value(y, lam, nu), lambda y: comp.grad(y, lam, nu), x, rng=rng, raise_error=True)
     check_hvp(lambda y: comp.grad(y, lam, nu), lambda y, v: comp.hvp(y, lam, nu, v), x, rng=rng, raise_error=True)
     d_lam, d_nu, d_op = comp.mixed(x, lam, nu, w, op_params=True)
+    d_lam2, d_nu2, none = comp.mixed(x, lam, nu, w)
+    assert none is None and _rel(d_lam2, d_lam) <= 1e-13 and _rel(d_nu2, d_nu) <= 1e-13
     check_grad(lambda p: np.vdot(w, comp.grad(x, p, nu)), lambda p: np.asarray(d_lam), lam, rng=rng, raise_error=True)
     check_grad(lambda p: np.vdot(w, comp.grad(x, lam, p)), lambda p: np.asarray(d_nu), nu, rng=rng, raise_error=True,
                h0=0.05)

@@ -97,7 +97,14 @@ class SmoothedL1(_SmoothedL1Constants):
 
     @_cuda_first("hess")
     def hess_apply(self, t, nu, v, out=None):
-        return super().hess_apply(t, nu, v, out=out)
+        # v nu^2 / s^{3/2}, s = t^2 + nu^2: one temporary, one square root (out may be t or v)
+        xp = _xp(t)
+        s = _square_plus(t, nu, None)
+        out = xp.divide(v, s, out=out)
+        xp.sqrt(s, out=s)
+        out /= s
+        out *= nu * nu
+        return out
 
     @_cuda_first("d2")
     def d2(self, t, nu, out=None):
@@ -113,9 +120,14 @@ class SmoothedL1(_SmoothedL1Constants):
         return nu / _xp(t).sqrt(t * t + nu * nu)
 
     def d1_dnu(self, t, nu, out=None):
+        # -t nu / s^{3/2}: one temporary, one square root (out may be t)
+        xp = _xp(t)
         s = _square_plus(t, nu, None)
-        s *= _xp(t).sqrt(s)
-        return _xp(t).divide(t * (-nu), s, out=s if out is None else out)
+        out = xp.multiply(t, -nu, out=out)
+        out /= s
+        xp.sqrt(s, out=s)
+        out /= s
+        return out
 
     def d2_dnu(self, t, nu):
         s = t * t + nu * nu

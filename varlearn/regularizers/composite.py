@@ -133,6 +133,8 @@ class Composite(CompositeBounds):
         """A parameter as used inside a block ``(c, C, m)``: a float, or a ``(1, C, 1)`` array."""
         if p is None or isinstance(p, float):
             return p
+        if np.all(p == p[0]):  # equal values (e.g. FoE's folded smoothings): a scalar broadcasts faster
+            return float(p[0])
         return xp.asarray(p, dtype=dtype).reshape(1, -1, 1)
 
     def _view(self, a):
@@ -319,9 +321,9 @@ class Composite(CompositeBounds):
         weights = None if isinstance(lam, float) else xp.asarray(lam, dtype=x.dtype)
 
         # for an a-homogeneous potential, d_nu phi'(t) = ((a - 1) phi'(t) - phi''(t) t) / nu (Euler's
-        # relation t phi_t + nu phi_nu = a phi, differentiated in t): with op_params the Hessian
-        # product is needed anyway, so the nu column costs no d1_dnu pass
-        homog = op_params and has_nu and pot.homogeneity is not None
+        # relation t phi_t + nu phi_nu = a phi, differentiated in t): the nu column from the Hessian
+        # product (needed anyway for the operator's parameters), no d1_dnu pass
+        homog = has_nu and pot.homogeneity is not None
         nu_v = None if not homog else (nu if isinstance(nu, float) else xp.asarray(nu, dtype=np.float64))
 
         def fn(u, kw, ch):
@@ -332,7 +334,8 @@ class Composite(CompositeBounds):
             if homog:
                 hk = pot.hess_apply(uv, nb, kwv, out=kwv)
                 s1 = ((pot.homogeneity - 1) * s0 - self._cdot(uv, hk)) / (nu_v if isinstance(nu_v, float) else nu_v[ch])
-                return kw, d1.reshape(u.shape), xp.stack([s0, s1], axis=1)
+                s = xp.stack([s0, s1], axis=1)
+                return (kw, d1.reshape(u.shape), s) if op_params else (None, s)
             cols = [s0] + ([self._cdot(pot.d1_dnu(uv, nb), kwv)] if has_nu else [])
             s = xp.stack(cols, axis=1)
             if not op_params:
