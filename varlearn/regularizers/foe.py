@@ -1,4 +1,16 @@
-r"""Field of Experts: a learned bank of filters with a smooth sparsity potential."""
+r"""Field of Experts: a learned bank of filters with a smooth sparsity potential.
+
+A parameterisation: θ is mapped to per-filter natural parameters (weights, smoothings, taps) of the
+composition of a :class:`~varlearn.operators.FilterBank` and a potential
+(:class:`~varlearn.regularizers.composite.Composite`); every derivative and bound comes from the
+parts, and this module only chain-rules them back to θ.
+
+References
+----------
+.. [1] S. Roth, M. J. Black, "Fields of Experts", Int. J. Comput. Vision 82 (2009) 205-229.
+.. [2] M. S. Salehi, S. Mukherjee, L. Roberts, M. J. Ehrhardt, "An adaptively inexact first-order
+   method for bilevel optimization with application to hyperparameter learning" (MAID), 2023.
+"""
 from __future__ import annotations
 
 import math
@@ -66,8 +78,9 @@ class FieldOfExperts(Regularizer):
         Source of the default filters, drawn once here (``None``: seed 0), so
         ``init_params()`` of one instance is reproducible.
     potential : Potential, optional
-        Any potential with a shape parameter; :class:`SmoothedL1` (the
-        default) runs a faster specialised path.
+        Any potential with a shape parameter (default :class:`SmoothedL1`).
+        When it has a ``homogeneity`` ``a`` (:math:`\varphi(t;\nu) = \nu^a\varphi(t/\nu;1)`)
+        the smoothings are folded into the filters (see :meth:`_pass`).
     filters : array of shape (n_filters, size, size), optional
         Use these filters instead of random ones (copied to a NumPy float64
         array).  The attribute :attr:`filters` holds the taps that
@@ -81,24 +94,22 @@ class FieldOfExperts(Regularizer):
     range, so its runs start at −3), filters Xavier-normal on a ``size x size``
     tensor (std :math:`\sqrt{2/(2\,size)}`) minus their mean.
 
-    Bounds (:func:`varlearn._filterbank.weighted_gram_bound` bounds
-    :math:`\|\sum_i w_i K_i^TK_i\|` by :math:`4\sup_\omega\sum_i w_i|\hat k_i(\omega)|^2`,
-    certified on an FFT grid, or by Schur's test; see :mod:`varlearn._filterbank`):
-    ``lipschitz`` bounds :math:`\|\sum_i\lambda_i\sup\varphi''(\cdot;\nu_i)K_i^TK_i\|`
-    with :math:`\lambda_i = e^{\theta_0+\theta_i}` (:math:`\sup\varphi'' = 1/\nu_i` for
-    smoothed ℓ1); it can be loose (``lipschitz_is_loose`` is True, so FISTA
-    backtracks).  ``hessian_lipschitz`` bounds
-    :math:`\|\sum_i\lambda_i\sup|\varphi'''_i|\,\|k_i\|_1 K_i^TK_i\|`
-    (``|(K_i z)_p| <= ||k_i||_1 ||z||_∞ <= ||k_i||_1 ||z||_2``).
+    Computation: θ ↦ :math:`\lambda_i = e^{\theta_0+\theta_i}`, :math:`\nu_i`, taps
+    (:meth:`natural_params`), then :class:`~varlearn.regularizers.composite.Composite`
+    ``(FilterBank(taps), potential)`` with per-filter :math:`(\lambda_i, \nu_i)`; every pass is one
+    blocked :meth:`~varlearn.operators.FilterBank.pullback` (cache-sized blocks, im2col + GEMM,
+    ``K x`` never stored for the whole stack; weights folded into the adjoint GEMM).
+
+    Bounds (:mod:`varlearn.regularizers._foe_bounds`): ``lipschitz`` is the composite's
+    :math:`\|\sum_i\lambda_i\sup\varphi''(\cdot;\nu_i)K_i^TK_i\|`, bounded by the bank's
+    ``weighted_gram_bound`` (certified FFT or Schur bound, :mod:`varlearn._filterbank`); it can be
+    loose (``lipschitz_is_loose`` is True, so FISTA backtracks).  ``hessian_lipschitz`` bounds
+    :math:`\|\sum_i\lambda_i\sup|\varphi'''_i|\,r_i K_i^TK_i\|` with
+    :math:`r_i \ge \|K_i\|_{2\to\infty}` (``row_norm_bounds``), or takes the composite's bound.
     ``mixed_lipschitz`` is ``None`` when the filters are learned: the column
     of a tap contains :math:`K_i^T(\varphi''(K_ix)\odot S_{ab}x)`, whose
-    Lipschitz constant in ``x`` grows with ‖x‖; with fixed filters it is the
-    root sum of squares of the column constants.
-
-    On NumPy the work runs in cache-sized blocks (see
-    :mod:`varlearn._filterbank`), and ``K x`` is never stored for the whole
-    stack: one gradient or Hessian-vector product is one im2col + GEMM pass
-    and one transposed GEMM + col2im pass per block.
+    Lipschitz constant in ``x`` grows with ‖x‖ (``mixed_lipschitz_at`` bounds it on a ball);
+    with fixed filters it is the root sum of squares of the column constants.
     """
 
     def __init__(self, n_filters=48, size=7, learn_filters=True, rng=None, potential=None, filters=None):
@@ -285,11 +296,6 @@ class FieldOfExperts(Regularizer):
         return xp.concatenate(parts).astype(theta.dtype)
 
     # ------------------------------------------------------------------ bounds (see _foe_bounds)
-    def _bound_data(self, theta):
-        """Host ``lam_i = e^{θ0+θ_i}``, ``nu_i``, taps ``(K, s, s)`` for the Python-level bounds."""
-        lam0, lam, nu, taps = self._host_params(theta)
-        return lam0 * lam, nu, np.asarray(taps, dtype=np.float64)
-
     def lipschitz(self, theta):
         r""":math:`\|\sum_i \lambda_i \sup\varphi''(\cdot;\nu_i)\,K_i^TK_i\|`, bounded by ``weighted_gram_bound``."""
         return _fb.lipschitz(self, theta)
