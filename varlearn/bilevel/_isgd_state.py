@@ -74,6 +74,8 @@ class WarmStore:
         return x0, q0
 
     def put(self, idx, x, q, w):
+        """Store ``x[j]`` and ``q̄ = q[j] / w`` of every image ``idx[j]`` (the last copy of a repeated
+        index wins) as the most recent entries; the least recently used beyond ``capacity`` are dropped."""
         for j, i in enumerate(idx):
             i = int(i)
             x_j, q_j = x[j], q[j]
@@ -83,8 +85,8 @@ class WarmStore:
             self.data.popitem(last=False)
 
     def nbytes(self):
+        """Bytes held (float32 ``x`` and ``q̄`` of every stored image)."""
         return sum(a.nbytes + b.nbytes for a, b in self.data.values())
-
 
     def as_dict(self, idx, w):
         """``{i: (x_i, w q̄_i)}`` for the images of ``idx`` that have a warm start (executor form), or None."""
@@ -239,13 +241,14 @@ def evaluate_set(state, problem, upper, tol):
         n = int(problem.n_samples)
         bv = _executor(state).trial(problem, list(range(n)), to_numpy(state.theta), math.sqrt(n) * tol,
                                     key=f"isgd-eval-{state.k}", epoch=state.epoch)  # epoch: noise="fresh"
+        done = [i for i in range(n) if i in bv.warm_out]  # all but dropped chunks (on_task_failure="drop")
         psnr_sum, step = 0.0, o["batch_size"]
-        for start in range(0, n, step):
-            idx = list(range(start, min(n, start + step)))
+        for start in range(0, len(done), step):
+            idx = done[start:start + step]
             clean = problem.read_pairs(idx, epoch=state.epoch)[0]
             x = np.stack([np.asarray(bv.warm_out[i][0]) for i in idx])
             psnr_sum += len(idx) * float(SquaredError(clean).psnr(x))
-        return float(bv.fun), psnr_sum / n, int(bv.image_lower_iter)
+        return float(bv.fun), psnr_sum / max(1, len(done)), int(bv.image_lower_iter)
     n = int(problem.x_shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
