@@ -742,7 +742,6 @@ def test_isgd_bad_arguments(pairs4, tmp_path, capsys, extra, words):
 @pytest.mark.parametrize("extra, words", [
     (["--batch-size", "2"], ["--batch-size applies to --method isgd only", "hoag"]),
     (["--epochs", "2", "--q", "1"], ["--q, --epochs apply to --method isgd only"]),
-    (["--workers", "2"], ["--workers", "isgd", "hoag"]),
 ])
 def test_isgd_flags_with_another_method(pairs4, tmp_path, capsys, extra, words):
     clean, noisy = pairs4

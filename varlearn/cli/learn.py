@@ -355,8 +355,9 @@ def _optimise(args, s):
     if not args.quiet:
         what = "resuming" if s["resume"] is not None else ("learning" if s["new"] else "restarting")
         shape = s["data_desc"]["shape"]
-        how = (f", batches of {opts['batch_size']}, {stochastic.describe(exe)}" if cfg["method"] == "isgd"
-               else "")
+        how = f", batches of {opts['batch_size']}" if cfg["method"] == "isgd" else ""
+        if cfg["method"] == "isgd" or exe.get("workers") or exe.get("scheduler"):
+            how += f", {stochastic.describe(exe)}"
         note(f"{what} {cfg['model']['model']} on {len(s['names'])} images {shape[0]}x{shape[1]} "
              f"({cfg['data']['source']}), method {cfg['method']}{how}, run folder {run}")
     total = opts.get(MAXITER)

@@ -11,9 +11,10 @@ the value (exit status 2).
 
 ``--workers N`` (a ``LocalCluster`` of N single-threaded worker processes,
 closed at the end) and ``--scheduler ADDRESS`` (a running Dask scheduler, e.g.
-``tcp://host:8786`` or a scheduler file) choose where the per-image solves run
-(``varlearn[distributed]``).  They are stored in ``config.json`` under
-``"execution"``, apart from the options.  They are chosen anew at every
+``tcp://host:8786`` or a scheduler file) choose where the per-image solves run,
+for ``--method isgd`` and for every method whose options take an ``executor``
+(MAID, fixed, HOAG then run their full batch on it; ``varlearn[distributed]``).
+They are stored in ``config.json`` under ``"execution"``, apart from the options.  They are chosen anew at every
 start: ``--resume`` runs in this process unless ``--workers`` or
 ``--scheduler`` is given again (the cluster of the first session may be
 gone).  Where the work runs changes neither the problem nor the checkpoint;
