@@ -468,3 +468,22 @@ def test_default_and_sum_fused_passes(accel, rng, step, beta):
         hv = reg.hvp(x, th, v) + 0.8 * v
         assert _rel(reg.fused_hvp(x, th, v, 0.8), hv) <= 1e-14 and _rel(reg.hvp_data(x, th, v, 0.8), hv) <= 1e-14
         assert _rel(reg.grad_data(x, th, y, 0.8), reg.grad(x, th) + 0.8 * (x - y)) <= 1e-14
+
+
+def test_filter_bank_composition_derivatives_and_bounds(rng):
+    """A user composition with a filter bank: derivatives checked, and every bound holds."""
+    from varlearn.operators import FilterBank
+
+    reg = vl.PotentialRegularizer(FilterBank(0.3 * rng.randn(3, 3, 3)), SmoothedL1())
+    theta = np.array([-1.0, -1.0])
+    x = rng.rand(2, 9, 8)
+    check_regularizer(reg, x, theta, rng=rng, raise_error=True)
+    prob = vl.DenoisingProblem(x, reg)
+    h_norm = _power_norm(lambda v: reg.hvp(x, theta, v), x.shape, rng)
+    assert 0 < h_norm <= reg.lipschitz(theta) and reg.convexity(theta) == 0.0
+    obs = observed_constants(prob, theta, x, radius=0.3, n_pairs=3, n_power=8, rng=rng)
+    assert 0 < obs["L_H"] <= obs["claimed_L_H"] and 0 < obs["L_J"] <= obs["claimed_L_J"]
+    assert 0 < obs["J_norm"] <= obs["claimed_J_norm"] * (1 + 1e-12)
+    x32 = x.astype(np.float32)
+    err = np.linalg.norm(reg.grad(x32, theta).astype(np.float64) - reg.grad(x32.astype(np.float64), theta))
+    assert 0 < err <= reg.grad_error_bound(x32, theta)

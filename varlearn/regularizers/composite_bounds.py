@@ -60,9 +60,9 @@ class CompositeBounds:
         return self._wgb(np.asarray(lam) * self._per(self.potential.d2_max, nu))
 
     def _wgb(self, w):
-        w = np.broadcast_to(np.asarray(w, dtype=np.float64), (self.n_channels,)) if np.size(w) > 1 \
-            else np.atleast_1d(np.asarray(w, dtype=np.float64))
-        return float(self.operator.weighted_gram_bound(w))
+        """``weighted_gram_bound`` of ``w`` (a scalar or one weight per channel) as a float."""
+        w = np.broadcast_to(np.asarray(w, dtype=np.float64).reshape(-1), (self.n_channels,))
+        return float(self.operator.weighted_gram_bound(np.ascontiguousarray(w)))
 
     def convexity(self, lam, nu) -> float:
         """Lower bound on the smallest Hessian eigenvalue (0 for a convex potential)."""
