@@ -74,7 +74,8 @@ def add_arguments(lp):
                    help="initial CG residual tolerance (maid/fixed; default 0.1; fixed: 1e-4)")
     g.add_argument("--step0", type=float, metavar="A",
                    help=f"initial step size (default for HxW images: tv {DEFAULT_STEP0['tv']}*9216/(H*W), "
-                        f"foe {DEFAULT_STEP0['foe']}*9216/(H*W); hoag: 1/L from the first hypergradient)")
+                        f"foe {DEFAULT_STEP0['foe']}*9216/(H*W), also for isgd with sgd; isgd with adam: "
+                        f"{stochastic.ADAM_STEP0}; hoag: 1/L from the first hypergradient)")
     g.add_argument("--budget", type=float, metavar="N", help="stop after N lower-level + CG iterations in total")
     g.add_argument("--time-limit", type=float, metavar="SEC", help="stop after SEC seconds of optimisation in total")
     g.add_argument("--checkpoint-interval", type=float, metavar="SEC",

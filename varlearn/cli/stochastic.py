@@ -70,7 +70,8 @@ def add_arguments(lp):
                    help=f"stop after E passes over the images (default {DEFAULT_EPOCHS} when no other limit is "
                         f"given)")
     g.add_argument("--image-budget", type=float, metavar="N",
-                   help="stop after N image-iterations (one FISTA or CG iteration on one image counts 1)")
+                   help="stop after N image-iterations (one FISTA or CG iteration on one image counts 1; also "
+                        "for the other methods)")
     g.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="save checkpoint.npz every K steps (default 10) and at the end")
     g = lp.add_argument_group("where the per-image solves run (varlearn[distributed]; default: in this process)")
