@@ -485,3 +485,14 @@ def test_adam_isgd_reaches_the_tight_maid_loss():
                                        f_ref, maid.image_cost, full(adam.theta), full(sgd.theta))
     assert maid.image_cost > 20 * adam.image_cost / 1.01
     assert full(adam.theta) <= 1.02 * f_ref
+
+
+def test_a_non_finite_batch_stops_with_nan_keeping_the_last_finite_theta(tmp_path):
+    prob, U = tv_problem()
+    ck = tmp_path / "nan.npz"
+    with np.errstate(all="ignore"):
+        res = ISGD(maxiter=5, batch_size=2, step0=1e4, step_schedule="constant").run(prob, U, THETA0, checkpoint=ck)
+    assert res.status == "nan" and res.success is False and res.nit == 1 and np.all(np.isfinite(res.theta))
+    assert len(res.history) == 2 and math.isnan(res.history[-1]["grad_norm"])
+    meta, arrays = load_checkpoint(ck)  # k + 1 rows: the failed step's row is kept
+    assert meta["k"] == 1 and len(meta["history"]) == 2 and np.array_equal(arrays["theta"], res.theta)

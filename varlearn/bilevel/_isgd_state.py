@@ -12,7 +12,7 @@ format of :mod:`varlearn.bilevel.checkpoint`, validated there):
   :class:`~varlearn.bilevel.checkpoint.CheckpointError`), ``L_last``,
   ``estimator``, ``executor_constants`` (the executor's running estimates),
   ``noise`` (mode, seed and σ of synthetic noise, or null; must match on resume),
-  ``elapsed``, ``warm_saved``, ``status``, ``n_params``,
+  ``elapsed``, ``warm_saved``, ``n_params``,
   ``x_shape``, ``dtype``;
 * arrays: ``theta``, ``adam_m``, ``adam_v`` (Adam only, after its first
   step), ``sampler_perm`` (int64; empty when none), ``estimator_d`` (when
@@ -293,7 +293,7 @@ def save(state, path):
         "history": state.history, "evaluations": state.evaluations, "fingerprint": state.fingerprint,
         "L_last": state.L_last, "estimator": state.estimator.state_dict(), "elapsed": state.elapsed,
         "executor_constants": state.constants, "noise": _noise(state),
-        "status": state.status, "n_params": int(state.theta.shape[0]), "x_shape": list(state.x_shape),
+        "n_params": int(state.theta.shape[0]), "x_shape": list(state.x_shape),
         "dtype": str(state.dtype),
     }
     arrays = {"theta": to_numpy(state.theta), "sampler_perm": state.sampler.perm_array()}
