@@ -19,9 +19,9 @@ from ..backend import get_namespace, to_numpy
 from ..linalg import gradient_step, norm64
 from ..operators import Identity, LinearOperator
 from ..potentials import Potential, Quadratic
-from .composite import Composite, potential_grad_error
+from .composite import Composite
 
-__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer", "potential_grad_error"]
+__all__ = ["Regularizer", "PotentialRegularizer", "Tikhonov", "SumRegularizer"]
 
 
 class Regularizer(abc.ABC):

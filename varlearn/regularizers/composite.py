@@ -49,9 +49,9 @@ from ..linalg import gradient_step, norm64
 from ..operators import LinearOperator
 from ..potentials import Potential
 from ._kernels import find_kernel
-from .composite_bounds import CompositeBounds, potential_grad_error
+from .composite_bounds import CompositeBounds
 
-__all__ = ["Composite", "potential_grad_error"]
+__all__ = ["Composite"]
 
 
 def _find_kernel(operator, potential, x):
