@@ -39,10 +39,10 @@ model that check sits in every inner loop and stops LLVM vectorising it (the
 kernels were 2-3.5x slower).
 
 Rounding.  The anisotropic fluxes of a pixel share one division
-(``q = 1 / (r_a r_b)``, ``phi'(a) = a r_b q``), the isotropic ones one reciprocal
-square root; both change the fluxes by a few units in the last place against
+(``q = 1 / (r_a r_b)``, ``phi'(a) = a r_b q``), the isotropic ones one division
+(``q = 1 / r``, ``phi'(a, b) = (a q, b q)``); both change the fluxes by a few units in the last place against
 ``t / sqrt(t^2 + nu^2)``.  A gradient written without a step is stored as
-``0 * z + g`` (exactly ``g``), so one kernel serves both forms.
+``0 * z - (-1) g`` (exactly ``g``), so one kernel serves both forms.
 
 References
 ----------
