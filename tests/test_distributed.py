@@ -60,7 +60,7 @@ def client():
     distributed = pytest.importorskip("distributed")
     from varlearn.executors import TaskOptions, run_chunk
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = distributed.Client(cluster)
     # warm up: every worker imports varlearn and loads the numba kernels once (seconds per process)
     one = DenoisingDataset(ImageCollection.from_array(np.zeros((1, 8, 8))), TotalVariation(), sigma=0.1)
@@ -247,6 +247,11 @@ def test_dask_full_batch_equals_inprocess(client, spec, inprocess, exact):
     assert len(bh.per_chunk) == 1 and not bh.per_chunk[0].worker.endswith(f":{os.getpid()}")
     _check_against_inprocess(bh, hg)
     assert np.linalg.norm(bh.grad - exact.grad) <= bh.omega - exact.error_bound
+    # by scheduler address: the executor opens its own client and closes only that
+    with DaskExecutor(client=client.scheduler.address, images_per_task=N) as by_address:
+        _same(by_address.hypergradient(spec, range(N), THETA, 1e-3, 1e-3), bh, 0.0)
+        assert by_address.client is not client
+    assert client.status == "running" and len(client.scheduler_info()["workers"]) == 2
 
 
 @pytest.mark.dask

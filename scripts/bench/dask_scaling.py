@@ -101,7 +101,7 @@ def main(argv=None):
         serial[k] = (t, res)
     dask_t = {}
     for n in args.workers:
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = distributed.Client(cluster)
         try:
             for k in args.images_per_task:

@@ -49,7 +49,7 @@ class DaskExecutor(Executor):
         (``"tcp://host:8786"``) to connect to.  Every worker must run the same
         versions of varlearn and its dependencies and be able to read the
         data.  Default: a ``LocalCluster(n_workers, threads_per_worker=1,
-        processes=True, memory_limit="auto")`` opened on first use and closed
+        processes=True, memory_limit="auto")`` (its dashboard on a free port) opened on first use and closed
         by :meth:`close` (scripts using it need an ``if __name__ ==
         "__main__":`` guard).
     n_workers : int, optional
@@ -96,7 +96,7 @@ class DaskExecutor(Executor):
             if arg is None:
                 n = self._n_workers or min(4, os.cpu_count() or 1)
                 opts = {"threads_per_worker": 1, "processes": True, "memory_limit": "auto",
-                        "dashboard_address": None}
+                        "dashboard_address": ":0"}
                 opts.update(self._cluster_options)
                 self._cluster = distributed.LocalCluster(n_workers=n, **opts)
                 self._client = distributed.Client(self._cluster)
