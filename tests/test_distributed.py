@@ -201,6 +201,21 @@ def test_result_does_not_depend_on_completion_order(spec):
     _same(a, b, 0.0)
 
 
+def test_estimates_are_seeded_by_the_key(spec):
+    """With estimated constants a call repeats its ω given the same key (a resumed run), whatever came before."""
+    est = dataclasses.replace(spec, constants="estimate")
+    a = SerialExecutor(images_per_task=3)
+    first = a.hypergradient(est, range(N), THETA, 1e-3, 1e-3, key="isgd-7")
+    again = a.hypergradient(est, range(N), THETA, 1e-3, 1e-3, key="isgd-7")
+    fresh = SerialExecutor(images_per_task=3).hypergradient(est, range(N), THETA, 1e-3, 1e-3, key="isgd-7")
+    other = SerialExecutor(images_per_task=3).hypergradient(est, range(N), THETA, 1e-3, 1e-3, key="isgd-8")
+    assert first.bound_exact is False and first.omega == again.omega == fresh.omega != other.omega
+    # running maxima handed back keep the larger estimates
+    more = a.hypergradient(est, range(N), THETA, 1e-3, 1e-3, key="isgd-8", constants=first.constants)
+    for name in ("L_H", "L_J"):
+        assert more.constants[name] >= max(first.constants[name], other.constants[name]) * (1 - 1e-12)
+
+
 def test_bad_arguments(spec):
     with pytest.raises(ValueError, match="images_per_task"):
         SerialExecutor(images_per_task=0)

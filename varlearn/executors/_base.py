@@ -178,6 +178,8 @@ class Executor:
         self._calls += 1
         call = f"{self._run_id}-{'' if key is None else str(key) + '-'}{self._calls}"
         digest = theta_digest(theta)
+        # the estimators' seed: from the caller's key when given (the same in a resumed run), else the call count
+        call_word = self._calls if key is None else int(hashlib.sha256(str(key).encode()).hexdigest()[:15], 16)
         parts = self.chunks(len(idx))
         sizes = [len(p) for p in parts]
         eps_t = allocate(eps, sizes)
@@ -187,7 +189,7 @@ class Executor:
         for c, part in enumerate(parts):
             ind = tuple(idx[p] for p in part)
             opts = TaskOptions(phase=phase, tag=(call, phase, digest, c), bound=bound, epoch=epoch,
-                               lower_L0=lower_L0, est_seed=(spec.estimator_seed, self._calls, c),
+                               lower_L0=lower_L0, est_seed=(spec.estimator_seed, call_word, c),
                                est_state=est_state, threads=self.threads, fault=self.fault_hook)
             w = None if not warm else {i: warm[i] for i in ind if i in warm}
             tspec, data = self._prepare_data(spec, ind)

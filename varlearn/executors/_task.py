@@ -53,8 +53,10 @@ class TaskOptions:
         For ``noise="fresh"``.
     lower_L0 : float or None
         FISTA's starting step constant.
-    est_seed : list of int
-        Seed words of the constant estimator.
+    est_seed : tuple of int
+        Seed words of the constant estimator: (``spec.estimator_seed``, a word of the
+        call's ``key`` -- or the executor's call count without one --, chunk), so a
+        retried task, and a resumed run passing the same keys, repeats its estimates.
     est_state : dict or None
         Running maxima ``L_H``, ``L_J``, ``J_norm_max`` of the estimator.
     threads : int or None
@@ -268,7 +270,7 @@ def run_chunk(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm=N
             if opts.phase == "trial":
                 return _trial(spec, chunk, indices, theta, eps_c, n_c, opts, problem, upper, x0, t0)
             q0 = _warm_stack(warm, indices, problem, 1)
-            est = _estimator(opts)
+            est = _estimator(opts) if opts.bound else None  # only the bound uses estimates
             hg = hypergradient(problem, upper, theta, eps_c, delta_c, x0=x0, q0=q0, bound=opts.bound,
                                estimator=est, lower_maxiter=spec.lower_maxiter, cg_maxiter=spec.cg_maxiter,
                                backtracking=spec.backtracking, lower_L0=opts.lower_L0, constants=spec.constants)
@@ -277,11 +279,12 @@ def run_chunk(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm=N
     c = hg.constants or {}
     nan = math.nan
     J = c.get("J_norm", nan)
+    est_out = opts.est_state if est is None else _est_state(est)
     return ChunkResult(
         chunk, tuple(indices), opts.tag, hg.status, float(hg.upper_value), float(hg.upper_grad_norm) ** 2,
         float(hg.eps) ** 2, float(hg.delta) ** 2, to_numpy(hg.grad).astype(np.float64), float(J) ** 2,
         _lnorm(hg.q) ** 2, float(c.get("mu", hg.lower.mu)), float(c.get("L_H", nan)), float(c.get("L_J", nan)),
-        hg.bound_exact, _est_state(est), int(hg.n_lower_iter), int(hg.n_cg_iter), int(hg.n_lower_iter) * n_c,
+        hg.bound_exact, est_out, int(hg.n_lower_iter), int(hg.n_cg_iter), int(hg.n_lower_iter) * n_c,
         int(hg.n_cg_iter) * n_c, float(hg.lower.L), to_numpy(hg.x), to_numpy(hg.q), time.perf_counter() - t0,
         _whoami())
 

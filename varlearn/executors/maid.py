@@ -93,7 +93,7 @@ def executor_hypergradient(executor, spec, theta, lower_tol, cg_tol, x0=None, q0
         grad=bh.grad, grad_norm=bh.grad_norm, error_bound=bh.omega, bound_exact=bh.bound_exact, status=bh.status,
         success=bh.success, x=_stack(bh.warm_out, n, 0), q=_stack(bh.warm_out, n, 1), eps=bh.eps, delta=bh.delta,
         upper_value=bh.fun, upper_grad_norm=bh.grad_U_norm, n_lower_iter=bh.n_lower_iter, n_cg_iter=bh.n_cg_iter,
-        lower=lower, cg=cg, constants=consts_out, time=bh.time, image_lower_iter=bh.image_lower_iter,
+        lower=lower, cg=cg, constants=consts_out, wall_time=bh.time, image_lower_iter=bh.image_lower_iter,
         image_cg_iter=bh.image_cg_iter, n_retries=bh.n_retries, batch=bh)
 
 
