@@ -188,6 +188,66 @@ def test_filterbank_norm_bound_is_tight_for_a_corner_tap():
     assert FilterBank(f).norm_bound() == pytest.approx(2.0, rel=1e-12)
 
 
+@pytest.mark.parametrize("with_v", [False, True], ids=["x", "x_v"])
+def test_filterbank_pullback_equals_the_generic_default(xp, rng, blocks, with_v):
+    """The blocked pullback (bands, several images per block, weights in the adjoint GEMM, fused
+    parameter gradient) equals the one-block default of LinearOperator, through the same fn."""
+    from varlearn.operators import LinearOperator
+
+    k, s = 3, 5
+    bank = FilterBank(xp.asarray(rng.standard_normal((k, s, s))))
+    x = xp.asarray(rng.standard_normal((3, 8, 11)))
+    v = xp.asarray(rng.standard_normal((3, 8, 11))) if with_v else None
+    wts = xp.asarray(rng.rand(k) + 0.5)
+
+    def fn(u, kv, ch):
+        assert u.ndim == 3 and u.shape[1] == k and ch == slice(0, k)
+        y = xp.tanh(u) if kv is None else xp.tanh(u) * kv
+        return y, xp.stack([xp.sum(y * y, axis=(0, 2)), xp.sum(u, axis=(0, 2))], axis=1).astype(np.float64)
+
+    def fn_param(u, kv, ch):
+        y, st = fn(u, kv, ch)
+        return y, (None if kv is None else xp.cos(u)), st
+
+    for f, kw in [(fn, {}), (fn, {"weights": wts}), (fn_param, {"param_grad": True}),
+                  (fn_param, {"param_grad": True, "weights": wts})]:
+        got, st = bank.pullback(x, f, v, n_stats=2, **kw)
+        ref, st_ref = LinearOperator.pullback(bank, x, f, v, n_stats=2, **kw)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(ref), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(st), to_numpy(st_ref), rtol=1e-12)
+    out = xp.empty_like(x)
+    assert bank.pullback(x, fn, v, weights=wts, out=out)[0] is out
+    np.testing.assert_allclose(to_numpy(out), to_numpy(LinearOperator.pullback(bank, x, fn, v, weights=wts)[0]),
+                               rtol=1e-12, atol=1e-12)
+    assert bank.pullback(x, lambda u, kv, ch: (None, None), v) == (None, None)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        bank.pullback(x, fn, v, weights=xp.ones(k + 1))
+    assert bank.param_vjp(x, bank.apply(x)).shape == (bank.n_params,)
+
+
+@pytest.mark.parametrize("s", [1, 3, 5, 7])
+def test_filterbank_row_norm_bounds(rng, s):
+    """max_p ||row p of K_i||_2 <= row_norm_bounds()[i] for every accepted image size (tiny ones included,
+    where a window passes both mirrors); attained by a single tap; below ||k_i||_1 for random 7x7 filters."""
+    c = s // 2
+    worst = 0.0
+    one_tap = np.zeros((2, s, s))
+    one_tap[:, 0, -1] = [1.5, -0.5]
+    for h in range(c + 1, c + 4):
+        for w in (c + 1, c + 3):
+            for f in (rng.standard_normal((2, s, s)), np.ones((2, s, s)), one_tap):
+                bank = FilterBank(f)
+                rows = np.stack([bank.apply(e.reshape(h, w)).reshape(2, -1) for e in np.eye(h * w)], axis=2)
+                norms = np.sqrt((rows ** 2).sum(axis=2)).max(axis=1)
+                bound = bank.row_norm_bounds()
+                assert np.all(norms <= bound * (1 + 1e-12))
+                worst = max(worst, float(np.max(norms / bound)))
+    assert worst == pytest.approx(1.0, rel=1e-12)
+    if s == 7:
+        f = rng.standard_normal((8, 7, 7))
+        assert np.all(FilterBank(f).row_norm_bounds() < 0.7 * np.abs(f).sum(axis=(1, 2)))
+
+
 def test_filterbank_bad_input():
     with pytest.raises(ValueError, match="filters"):
         FilterBank(np.zeros((2, 4, 4)))
