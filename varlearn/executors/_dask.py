@@ -5,6 +5,7 @@ imports Dask.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -135,8 +136,6 @@ class DaskExecutor(Executor):
         parts = [coll._source[rows]] + ([coll._noisy[rows]] if coll.has_noisy else [])
         futures = self.client.compute(parts)  # the rows move worker to worker; lost ones are recomputed
         data = (futures[0], futures[1] if coll.has_noisy else None)
-        import dataclasses  # noqa: PLC0415
-
         return dataclasses.replace(spec, collection=coll.without_data()), data
 
     def _run(self, spec, theta, n_batch, tasks, report):

@@ -14,6 +14,7 @@ results are those of the in-process calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -36,8 +37,6 @@ def _warm(x0, q0, n):
 
 
 def _with_limits(spec, lower_maxiter, cg_maxiter, backtracking, constants):
-    import dataclasses  # noqa: PLC0415
-
     changes = {k: v for k, v in (("lower_maxiter", lower_maxiter), ("cg_maxiter", cg_maxiter),
                                  ("backtracking", backtracking), ("constants", constants)) if v is not None}
     return dataclasses.replace(spec, **changes) if changes else spec
