@@ -859,3 +859,16 @@ def test_resume_of_a_run_folder_written_with_max_iter(pairs16, tmp_path, capsys)
     options = json.loads((run / "config.json").read_text())["options"]
     assert options["maxiter"] == 3 and "max_iter" not in options
     assert json.loads((run / "params.json").read_text())["nit"] == 3
+
+
+def test_image_budget_stops_maid_too(pairs16, tmp_path, capsys):
+    """--image-budget is the equal-cost limit of every method: MAID stops after the iteration that reaches it."""
+    run = tmp_path / "r"
+    assert main(learn_argv(pairs16, run, "--image-budget", "300", "--max-iter", "1000", "--quiet")) == 0
+    params = json.loads((run / "params.json").read_text())
+    assert params["status"] == "budget_exhausted" and params["options"]["image_budget"] == 300
+    assert len(params["warnings"]) == 1
+    assert "image budget of 300 image-iterations, --image-budget" in params["warnings"][0]
+    costs = [float(r["image_cost"]) for r in history_rows(run)]
+    assert costs[-1] >= 300 > costs[-2]
+    assert all(c % 2 == 0 for c in costs)  # in process, one iteration on the stack of 2 images costs 2
