@@ -175,3 +175,18 @@ def test_zarr_is_optional(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "zarr", None)
     with pytest.raises(ImportError, match=r"varlearn\[zarr\]"):
         ImageCollection.from_zarr(tmp_path / "x.zarr")
+
+
+def test_zarr_group_with_noisy_images(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(2)
+    clean, noisy = rng.random((2, 5, 8, 8))
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("clean", shape=clean.shape, dtype="float64", chunks=(2, 8, 8))[:] = clean
+    group.create_array("noisy", shape=noisy.shape, dtype="float64", chunks=(2, 8, 8))[:] = noisy
+    coll = ImageCollection.from_zarr(tmp_path / "g.zarr", component="clean", noisy_component="noisy")
+    assert coll.has_noisy and len(coll) == 5
+    got_clean, got_noisy = pickle.loads(pickle.dumps(coll)).read_pairs([4, 0, 4])
+    np.testing.assert_array_equal(got_clean, clean[[4, 0, 4]])
+    np.testing.assert_array_equal(got_noisy, noisy[[4, 0, 4]])
+    assert len(pickle.dumps(coll)) < 2000  # a reference to the store, not its pixels
