@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
 
@@ -25,13 +24,9 @@ def chunk_loss(clean, n_batch):
     and :math:`L_{U_C} = 1/b` (stochastic-spec §3).  For a chunk holding the
     whole batch this is ``SquaredError(clean)`` itself.
     """
-    if "weight" in inspect.signature(SquaredError).parameters:
-        if clean.shape[0] == n_batch:
-            return SquaredError(clean)
-        return SquaredError(clean, weight=1.0 / n_batch)
-    loss = SquaredError(clean)
-    loss.n_images = n_batch  # the weight 1/b, through SquaredError's own normalisation
-    return loss
+    if clean.shape[0] == n_batch:
+        return SquaredError(clean)
+    return SquaredError(clean, weight=1.0 / n_batch)
 
 
 @dataclasses.dataclass(frozen=True)
