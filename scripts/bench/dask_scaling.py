@@ -12,7 +12,9 @@ times; T is the median.  Reported per k:
 
 * the Dask overhead per task, ``(T_dask(1) - T_serial) / n_tasks``;
 * ``T_dask(1) / T_serial``;
-* the parallel efficiency ``E(n) = T_dask(1) / (n * T_dask(n))`` (strong scaling, b fixed).
+* the parallel efficiency ``E(n) = T_dask(1) / (n * T_dask(n))`` (strong scaling, b fixed);
+
+and, per cluster, the seconds per task of 200 trivial tasks (Dask's own floor).
 
 The kernels run on one thread everywhere (the serial reference too), so the
 numbers compare processes, not threads.  The machine's load average before
@@ -73,6 +75,18 @@ def time_executor(ex, spec, theta, eps_image, reps):
     return statistics.median(times), res
 
 
+def _noop(i):
+    return i
+
+
+def null_task_seconds(client, n=200):
+    """Wall seconds per task of ``n`` trivial tasks submitted at once and gathered (Dask's own floor)."""
+    client.gather(client.map(_noop, range(n), pure=False))  # warm-up
+    t0 = time.perf_counter()
+    client.gather(client.map(_noop, range(n), pure=False))
+    return (time.perf_counter() - t0) / n
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("tv", "foe"), default="tv")
@@ -104,6 +118,7 @@ def main(argv=None):
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = distributed.Client(cluster)
         try:
+            out[f"null_task_s_{n}"] = null_task_seconds(client)
             for k in args.images_per_task:
                 t, res = time_executor(DaskExecutor(client=client, images_per_task=k), spec, theta,
                                        args.eps_image, args.reps)
@@ -139,6 +154,8 @@ def main(argv=None):
         line += f"  {row['same_as_serial']!s:>6}  {row['image_iterations']}"
         print(line)
         out["rows"].append(row)
+    print("trivial tasks: " + ", ".join(f"{out[f'null_task_s_{n}'] * 1e3:.2f} ms per task on {n} worker(s)"
+                                         for n in args.workers))
     out["loadavg_after"] = os.getloadavg()
     print(f"load average after {out['loadavg_after'][0]:.2f} on {os.cpu_count()} cores "
           "(a shared machine: other jobs take cores, which lowers E(n))")
