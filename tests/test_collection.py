@@ -152,6 +152,9 @@ def test_references_not_pixels(tmp_path):
     _write_pngs(tmp_path / "f", big, [f"a{k:02d}" for k in range(12)])
     coll = ImageCollection.from_folder(tmp_path / "f")
     assert len(pickle.dumps(coll)) < 4000  # the 12 x 64 x 64 pixels are 49152 bytes
+    # what a task receives names only its own files
+    assert len(pickle.dumps(coll.for_task([3]))) < len(pickle.dumps(coll)) / 2
+    np.testing.assert_array_equal(coll.for_task([3]).read([3]), big[[3]] / 255.0)
     arr = ImageCollection.from_array(big.astype(np.float64))
     one = len(pickle.dumps(arr.for_task([3])))
     two = len(pickle.dumps(arr.for_task([3, 7, 3])))

@@ -376,7 +376,8 @@ class ImageCollection:
         if self.kind == "folder":
             src = [self._source[self._local((r,))[0]] for r in rows]
             nsrc = None if self._noisy is None else [self._noisy[self._local((r,))[0]] for r in rows]
-            sub = ImageCollection("folder", self._n, self.image_shape, self.dtype, src, nsrc, self._meta)
+            meta = {k: self._meta[k] for k in ("crop", "size", "bit_depth")}  # not the N names and sizes
+            sub = ImageCollection("folder", self._n, self.image_shape, self.dtype, src, nsrc, meta)
             sub._rows = rows
             return sub
         clean = self._take(self._source, rows)
