@@ -221,8 +221,8 @@ class Executor:
                     logger.info("executor: discarded a stale or duplicate result of chunk %d", task.chunk)
 
             self._run(spec, theta, n_batch, pending, report)
-            pending = []
-            for task in tasks:
+            this_round, pending = pending, []
+            for task in this_round:
                 if collector.results[task.chunk] is not None or task.chunk not in outcome:
                     continue
                 _, exc, text = outcome[task.chunk]
@@ -235,7 +235,7 @@ class Executor:
                     pending.append(task)
                 else:
                     failed.append(task)
-            lost = [t for t in tasks if collector.results[t.chunk] is None and t.chunk not in outcome]
+            lost = [t for t in this_round if collector.results[t.chunk] is None and t.chunk not in outcome]
             if lost:  # neither a result nor an error: an executor bug, never silently ignored
                 raise RuntimeError(f"executor: no outcome for the chunks {[t.chunk for t in lost]}")
         if failed:
