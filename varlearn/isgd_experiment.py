@@ -232,7 +232,7 @@ def tv_runs(quick=False, seeds=(0, 1), batch_size=4):
         f"ISGD b={b}", sgd_step0=0.05, adam_step0=0.1, batch_size=b, eps0=0.1, seeds=seeds, partial=not quick)
 
 
-def foe_runs(quick=False, seeds=(0,), batch_size=8):
+def foe_runs(quick=False, seeds=(0,), batch_size=8, partial=False):
     """MAID with and without its certificate, and ISGD (SGD/Adam, decaying/constant) on the FoE problem.
 
     Steps: SGD α0 = 0.005 (the CLI's 0.005·9216/(H·W) would be 0.011 for
@@ -244,7 +244,7 @@ def foe_runs(quick=False, seeds=(0,), batch_size=8):
     if not quick:
         runs.append(RunSpec("MAID, certificate off", "maid", dict(MAID_OPTIONS, bound=False), (0,), "maid"))
     return runs + _isgd_grid(f"ISGD b={b}", sgd_step0=0.005, adam_step0=0.05, batch_size=b, eps0=0.1,
-                             seeds=(0,) if quick else tuple(seeds), partial=False)
+                             seeds=(0,) if quick else tuple(seeds), partial=partial)
 
 
 # --------------------------------------------------------------------------- running and evaluating
@@ -427,18 +427,19 @@ def claims(records, fractions=(0.25, 0.5, 1.0)):
     return out
 
 
-def build(name, data_dir=None, *, quick=False, seeds=1, batch_size=None, **scale):
+def build(name, data_dir=None, *, quick=False, seeds=1, batch_size=None, partial=False, **scale):
     """``(task, specs)`` of problem ``name`` (``"tv"`` or ``"foe"``): :func:`tv_task`/:func:`foe_task` and their runs.
 
     ``scale``: keyword arguments of :func:`foe_task` (``n_filters``,
     ``filter_size``, ``n_crops``, ``crop``); ``batch_size`` of ISGD (default
-    4 for TV, 8 for FoE); ``seeds``: ISGD seeds.
+    4 for TV, 8 for FoE); ``seeds``: ISGD seeds; ``partial``: FoE also with one
+    schedule decaying and the other constant (TV always has them, except quick).
     """
     if name == "tv":
         return tv_task(data_dir, quick=quick), tv_runs(quick, seeds=range(seeds), batch_size=batch_size or 4)
     if name == "foe":
         return (foe_task(data_dir, quick=quick, **scale),
-                foe_runs(quick, seeds=range(seeds), batch_size=batch_size or 8))
+                foe_runs(quick, seeds=range(seeds), batch_size=batch_size or 8, partial=partial))
     raise ValueError(f"name must be 'tv' or 'foe', got {name!r}")
 
 

@@ -39,6 +39,8 @@ def parser():
     p.add_argument("--points", type=int, default=8, help="evaluation points per run (fractions k/points)")
     p.add_argument("--methods", nargs="+", default=["MAID", "decaying"],
                    help="keep the runs whose label contains one of these words (e.g. MAID, sgd, adam, constant)")
+    p.add_argument("--all-schedules", action="store_true",
+                   help="FoE: also ISGD with one schedule decaying and the other constant")
     p.add_argument("--foe-crops", type=int, default=I.FOE_CPU["n_crops"])
     p.add_argument("--foe-crop", type=int, default=I.FOE_CPU["crop"])
     p.add_argument("--threads", type=int, default=1, help="kernel and BLAS threads")
@@ -77,7 +79,8 @@ def main(argv=None):
     out = {"quick": args.quick, "fractions": fractions, "machine": E.machine_info("numpy"), "problems": {}}
     with E.thread_limit(args.threads):
         for name in args.problems:
-            scale = {"n_crops": args.foe_crops, "crop": args.foe_crop} if name == "foe" else {}
+            scale = ({"n_crops": args.foe_crops, "crop": args.foe_crop, "partial": args.all_schedules}
+                     if name == "foe" else {})
             task, specs = E.load_data(I.build, name, args.data_dir, quick=args.quick, **scale)
             specs = [s for s in specs if any(w.lower() in s.label.lower() for w in args.methods)]
             budget = getattr(args, f"budget_{name}") or (QUICK_BUDGET if args.quick else BUDGET)[name]
