@@ -8,9 +8,9 @@ import numpy as np
 
 from .. import datasets, io
 from .._io import atomic_write_bytes
-from ..backend import to_device, to_numpy
+from ..backend import get_namespace, to_device, to_numpy
 from ..problems import DenoisingProblem
-from . import stn
+from ..stn.io import denoise_stn, is_stn_params, load_stn
 from .common import add_threads_argument, check_backend, input_errors, thread_limit
 from .data import check_bit_depth, cli_words
 from .errors import EXIT_OK, CliError, Interrupted, warn
@@ -99,7 +99,7 @@ def _encode_png(img, bits):
 
 def _prepare(args):
     check_backend(args.backend)
-    loaded = stn.load_denoiser(args.params, args.backend) if stn.is_stn(args.params) else io.load_params(args.params)
+    loaded = _load_stn(args.params, args.backend) if is_stn_params(args.params) else io.load_params(args.params)
     if not (math.isfinite(args.tol) and args.tol > 0):
         raise CliError(f"--tol must be a positive number, got {args.tol}")
     if args.max_iter < 1:
@@ -149,7 +149,7 @@ def _denoise_files(args, loaded, files, targets, images):
                 compile_notice(enabled=not args.quiet, progress=bar):
             for i, (f, t, (img, bits)) in enumerate(zip(files, targets, images)):
                 if theta_dev is None:  # an STN network (varlearn stn): one forward pass
-                    atomic_write_bytes(t, _encode_png(stn.denoise_image(loaded, img, args.backend), bits))
+                    atomic_write_bytes(t, _encode_png(_denoise_stn_image(loaded, img, args.backend), bits))
                     bar.update(i + 1, f"{f.name} -> {t.name} ({bits}-bit, STN)")
                     continue
                 problem = DenoisingProblem(to_device(img, args.backend), loaded.regularizer)
@@ -162,3 +162,18 @@ def _denoise_files(args, loaded, files, targets, images):
     except KeyboardInterrupt as exc:
         raise Interrupted("the images written so far are complete", exc) from None
     return n_warn
+
+
+# --------------------------------------------------------------------------- STN denoisers (varlearn stn runs)
+def _load_stn(path, backend):
+    """The STN denoiser of ``path`` placed on ``backend`` (:func:`varlearn.stn.io.load_stn`; ``kind="stn"``)."""
+    xp = np if backend == "numpy" else get_namespace(to_device(np.zeros(1), backend))
+    loaded = load_stn(path, xp=xp)
+    loaded["kind"] = "stn"
+    return loaded
+
+
+def _denoise_stn_image(loaded, img, backend):
+    """One host image denoised by ``loaded`` (:func:`_load_stn`) on ``backend``; a host float64 array."""
+    x = denoise_stn(to_device(np.asarray(img, dtype=loaded.model.dtype), backend), loaded.model, loaded.hyper)
+    return to_numpy(x).astype(np.float64)

@@ -34,7 +34,7 @@ from ..datasets import BUILTIN_NAMES, DownloadError, add_noise
 from ..io import read_json
 from ..plotting import plot_examples
 from ..stn import experiment as X
-from ..stn.io import denoise_stn, is_stn_params, load_stn, save_stn
+from ..stn.io import save_stn
 from ..stn.train import STNResult, STNTrainer
 from . import data
 from .common import add_threads_argument, check_backend, size_type, thread_limit, verbose_logging, versions
@@ -492,22 +492,3 @@ def _finish(args, s, hyper, results, history):
              f"{v['noisy_psnr_mean']:.2f} dB noisy -> {v['psnr_mean']:.2f} dB denoised (SSIM {v['ssim_mean']:.3f}); "
              f"λ {lam}; wrote {run}")
     return 0
-
-
-# --------------------------------------------------------------------------- varlearn denoise --params RUN
-def is_stn(path):
-    """Whether ``path`` (``params.json`` or its folder) holds an STN denoiser (for ``varlearn denoise``)."""
-    return is_stn_params(path)
-
-
-def load_denoiser(path, backend):
-    """The STN denoiser of ``path`` placed on ``backend`` (:func:`varlearn.stn.io.load_stn`; ``kind="stn"``)."""
-    loaded = load_stn(path, xp=_xp(backend))
-    loaded["kind"] = "stn"
-    return loaded
-
-
-def denoise_image(loaded, img, backend):
-    """One host image denoised by ``loaded`` (:func:`load_denoiser`) on ``backend``; a host float64 array."""
-    x = denoise_stn(to_device(np.asarray(img, dtype=loaded.model.dtype), backend), loaded.model, loaded.hyper)
-    return to_numpy(x).astype(np.float64)
