@@ -160,8 +160,8 @@ def foe_task(data_dir=None, *, n_filters=8, filter_size=5, n_crops=96, crop=64, 
     """FoE learned from ``n_crops`` Kodak 5–24 crops; held out: centre crops of Kodak 1–4 and built-in images.
 
     ``quick``: 2 filters 3×3, 8 crops of 24×24 from Kodak 5–8, held out the
-    centre 32×32 of Kodak 1–2.  The FoE filters are drawn from ``seed`` and
-    projected to zero mean after every ISGD step (:attr:`Task.project`).
+    centre 32×32 of Kodak 1–2.  The FoE filters are drawn from ``seed`` (zero mean
+    at the start); ISGD does not project them (``Task.project`` is None), as MAID does not.
     """
     train_idx, test_idx = TRAIN_KODAK, TEST_KODAK
     builtin = BUILTIN
@@ -185,9 +185,8 @@ def foe_task(data_dir=None, *, n_filters=8, filter_size=5, n_crops=96, crop=64, 
              "crops": labels, "sigma": sigma, "seed": seed, "heldout_crop": heldout_crop,
              "heldout": {"kodak1-4": [f"kodim{i + 1:02d}" for i in test_idx], "builtin": list(builtin)},
              "quick": quick}
-    project = getattr(reg, "project_zero_mean", None)
     return Task("foe", DenoisingProblem(noisy, reg), SquaredError(clean), reg.init_params(), heldout, scale,
-                eval_tol=_rms_tol(noisy.shape, 1e-4), project=project)
+                eval_tol=_rms_tol(noisy.shape, 1e-4))
 
 
 # --------------------------------------------------------------------------- the methods compared
