@@ -256,6 +256,32 @@ def test_potentials_out_may_alias_their_input(rng):
             assert np.allclose(res, ref, rtol=1e-14, atol=0)
 
 
+_ALL_POTENTIALS = {**vl.potentials.POTENTIALS, **vl.potentials.GROUP_POTENTIALS}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(_ALL_POTENTIALS))
+def test_d1_hess_apply_equals_d1_and_hess_apply(xp, rng, name, dtype):
+    """The fused (phi', Hessian product) of every potential equals the two methods; t and v untouched."""
+    p = _ALL_POTENTIALS[name]()
+    t = xp.asarray(rng.randn(2, 3, 4, 5).astype(dtype))
+    v = xp.asarray(rng.randn(2, 3, 4, 5).astype(dtype))
+    t0, v0 = t.copy(), v.copy()
+    tol = 1e-14 if dtype == np.float64 else 2e-6
+    per_channel = xp.asarray(np.array([0.2, 0.5, 0.9], dtype=dtype)[:, None, None])
+    nus = [1.0, 0.3] + ([] if p.group_axis is not None else [per_channel])  # a group takes scalars
+    for nu in nus:
+        want_d1, want_hv = p.d1(t, nu), p.hess_apply(t, nu, v)
+        for given in (False, True):
+            o1, o2 = (xp.empty_like(t), xp.empty_like(t)) if given else (None, None)
+            d1, hv = p.d1_hess_apply(t, nu, v, out_d1=o1, out_hv=o2)
+            assert d1.dtype == dtype and hv.dtype == dtype
+            assert _rel(d1, to_numpy(want_d1)) <= tol and _rel(hv, to_numpy(want_hv)) <= tol, (nu, given)
+            if given:
+                assert d1 is o1 and hv is o2
+            assert bool((t == t0).all()) and bool((v == v0).all())
+
+
 # ------------------------------------------------------------------ the composite in general
 class _ScaledDifferences(LinearOperator):
     """K x = (a_0 D_h x, a_1 D_v x): an operator with parameters, for the d_op derivative."""

@@ -94,6 +94,29 @@ class Potential(abc.ABC):
         d = self.d2(t, nu, out=None if out is None or out is v else out)
         return xp.multiply(d, v, out=d if out is None else out)
 
+    def d1_hess_apply(self, t, nu, v, out_d1=None, out_hv=None):
+        r"""``(d1(t), hess_apply(t, v))`` in one call: :math:`\varphi'(t)` and :math:`\nabla^2\varphi(t)\,v`.
+
+        The default calls :meth:`d1` and :meth:`hess_apply`; a potential whose two
+        formulas share work (:class:`~varlearn.potentials.SmoothedL1`: one square root
+        for both) overrides it.  Used by the mixed derivatives of
+        :class:`~varlearn.regularizers.composite.Composite`, which need both and keep
+        ``v``.
+
+        Parameters
+        ----------
+        t, v : arrays of the same shape
+        nu : float or array
+        out_d1, out_hv : arrays like ``t``, optional
+            Where to write the two results; they must not alias ``t``, ``v`` or
+            each other (``t`` and ``v`` are left unchanged).
+
+        Returns
+        -------
+        d1, hv : arrays
+        """
+        return self.d1(t, nu, out=out_d1), self.hess_apply(t, nu, v, out=out_hv)
+
     @abc.abstractmethod
     def value_dnu(self, t, nu):
         r""":math:`\partial_\nu\varphi(t;\nu)` (shaped like :meth:`value`)."""

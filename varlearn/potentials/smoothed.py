@@ -106,6 +106,20 @@ class SmoothedL1(_SmoothedL1Constants):
         out *= nu * nu
         return out
 
+    def d1_hess_apply(self, t, nu, v, out_d1=None, out_hv=None):
+        # s = t^2 + nu^2 and r = sqrt(s) once: d1 = t / r, hv = v nu^2 / (s r); no temporary
+        # beyond the two outputs (CuPy with accelerators: the two fused kernels instead)
+        if is_cupy_array(t) and _accel.accelerated():
+            return super().d1_hess_apply(t, nu, v, out_d1=out_d1, out_hv=out_hv)
+        xp = get_namespace(t, v)
+        s = _square_plus(t, nu, out_hv)
+        r = xp.sqrt(s, out=out_d1)
+        s *= r
+        hv = xp.divide(v, s, out=s)
+        if not (isinstance(nu, float) and nu == 1.0):
+            hv *= nu * nu
+        return xp.divide(t, r, out=r), hv
+
     @_cuda_first("d2")
     def d2(self, t, nu, out=None):
         s = _square_plus(t, nu, out)
@@ -185,9 +199,17 @@ class GroupSmoothedL1(_SmoothedL1Constants):
         return d
 
     def hess_apply(self, t, nu, v, out=None):
-        # (v - t (t.v) / r^2) / r per group
-        xp = get_namespace(t, v)
+        return self._hess(t, self._r(t, nu), v, out)
+
+    def d1_hess_apply(self, t, nu, v, out_d1=None, out_hv=None):
+        # the group norm r once for both
         r = self._r(t, nu)
+        hv = self._hess(t, r, v, out_hv)
+        return _xp(t).divide(t, r, out=out_d1), hv
+
+    def _hess(self, t, r, v, out):
+        # (v - t (t.v) / r^2) / r per group (out may be t or v)
+        xp = get_namespace(t, v)
         c = xp.sum(t * v, axis=self.group_axis, keepdims=True)
         c /= r * r
         w = t * c

@@ -141,18 +141,32 @@ class Composite(CompositeBounds):
         """A block as the potential sees it: ``(c, C, 1, m)`` for a group potential (group axis -3)."""
         return a[:, :, None, :] if self.group and a is not None else a
 
-    def _csum(self, a):
-        """Float64 sums per channel of a potential-shaped block: ``(C_block,)``."""
+    def _csum(self, a, exact=False):
+        """Sums per channel of a potential-shaped block, as float64: ``(C_block,)``.
+
+        The block is summed in its own dtype (NumPy: pairwise along the pixel axis)
+        and the result cast to float64; the caller accumulates the blocks in float64
+        (``pullback``'s statistics).  For float32 data the per-block sum thus carries a
+        float32 rounding error (relative at most about ``log2(m) u_32`` of the sum of
+        moduli, ``m`` pixels of the block, pairwise; a plain loop ``m u_32``) [3]_;
+        float64 data is summed as before (unchanged).  ``exact=True`` accumulates every
+        entry in float64 (used by the certified bound :meth:`mixed_norm_bound`).
+        """
         xp = get_namespace(a)
         axes = (0, 2, 3) if self.group else (0, 2)
-        return xp.sum(a, axis=axes, dtype=np.float64)
+        if exact or a.dtype == np.float64:
+            return xp.sum(a, axis=axes, dtype=np.float64)
+        return xp.sum(a, axis=axes).astype(np.float64)
 
     def _cdot(self, a, b):
-        """Per-channel float64 sums of ``a * b`` (float64 data: one einsum, no temporary)."""
+        """Per-channel sums of ``a * b`` as float64: one einsum in the block's dtype, no temporary.
+
+        Rounding as for :meth:`_csum` (NumPy's einsum accumulates in the block's dtype;
+        float64 across blocks).  Neither ``value`` nor ``mixed`` is certified: no bound
+        relies on these sums (``grad_error_bound`` concerns the gradient).
+        """
         xp = get_namespace(a, b)
-        if a.dtype == np.float64 and b.dtype == np.float64:
-            return xp.einsum("ckpm,ckpm->k" if self.group else "ckm,ckm->k", a, b)
-        return self._csum(a * b)
+        return xp.einsum("ckpm,ckpm->k" if self.group else "ckm,ckm->k", a, b).astype(np.float64)
 
     @staticmethod
     def _sel(p, ch):
@@ -326,22 +340,24 @@ class Composite(CompositeBounds):
         homog = has_nu and pot.homogeneity is not None
         nu_v = None if not homog else (nu if isinstance(nu, float) else xp.asarray(nu, dtype=np.float64))
 
+        bufs = _Buffers()
+        need_h = homog or op_params
+
         def fn(u, kw, ch):
             nb = self._sel(nu_b, ch)
             uv, kwv = self._view(u), self._view(kw)
-            d1 = pot.d1(uv, nb)
+            if need_h:  # phi' and the Hessian product in one call, into two reused block buffers
+                d1, hk = pot.d1_hess_apply(uv, nb, kwv, out_d1=self._view(bufs.get(0, u)),
+                                           out_hv=self._view(bufs.get(1, u)))
+            else:
+                d1, hk = pot.d1(uv, nb, out=self._view(bufs.get(0, u))), None
             s0 = self._cdot(d1, kwv)
             if homog:
-                hk = pot.hess_apply(uv, nb, kwv, out=kwv)
                 s1 = ((pot.homogeneity - 1) * s0 - self._cdot(uv, hk)) / (nu_v if isinstance(nu_v, float) else nu_v[ch])
-                s = xp.stack([s0, s1], axis=1)
-                return (kw, d1.reshape(u.shape), s) if op_params else (None, s)
-            cols = [s0] + ([self._cdot(pot.d1_dnu(uv, nb), kwv)] if has_nu else [])
-            s = xp.stack(cols, axis=1)
-            if not op_params:
-                return None, s
-            pot.hess_apply(uv, nb, kwv, out=kwv)
-            return kw, d1.reshape(u.shape), s
+            elif has_nu:
+                s1 = self._cdot(pot.d1_dnu(uv, nb), kwv)
+            s = xp.stack([s0, s1], axis=1) if has_nu else s0[:, None]
+            return (hk.reshape(u.shape), d1.reshape(u.shape), s) if op_params else (None, s)
 
         g, stats = self.operator.pullback(x, fn, v=w, n_stats=2 if has_nu else 1, weights=weights,
                                           param_grad=op_params)
@@ -381,7 +397,7 @@ class Composite(CompositeBounds):
         def fn(u, kv, ch):  # noqa: ARG001
             y = deriv(self._view(u), self._sel(nu_b, ch), out=self._view(u))
             if per_channel:
-                return None, self._csum(y * y)[:, None]
+                return None, self._csum(y * y, exact=True)[:, None]
             return u, None
 
         if not per_channel:
@@ -393,6 +409,20 @@ class Composite(CompositeBounds):
         eye = np.eye(self.n_channels)
         k2 = np.array([self._wgb(eye[c]) for c in range(self.n_channels)])
         return float(np.sum(scale * scale * k2 * y2))
+
+class _Buffers:
+    """Block-sized work arrays reused across the blocks of one pass (no allocation per block)."""
+
+    def __init__(self):
+        self._flat = {}
+
+    def get(self, i, like):
+        """Work array ``i`` shaped and typed like ``like`` (contents undefined)."""
+        f = self._flat.get(i)
+        if f is None or f.size < like.size or f.dtype != like.dtype:
+            f = self._flat[i] = get_namespace(like).empty(like.size, dtype=like.dtype)
+        return f[:like.size].reshape(like.shape)
+
 
 def _into(g, out):
     if out is None:
