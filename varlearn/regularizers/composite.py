@@ -161,9 +161,13 @@ class Composite(CompositeBounds):
     def _cdot(self, a, b):
         """Per-channel sums of ``a * b`` as float64: one einsum in the block's dtype, no temporary.
 
-        Rounding as for :meth:`_csum` (NumPy's einsum accumulates in the block's dtype;
-        float64 across blocks).  Neither ``value`` nor ``mixed`` is certified: no bound
-        relies on these sums (``grad_error_bound`` concerns the gradient).
+        NumPy's einsum accumulates each channel of the block in the block's dtype in a
+        plain loop, so for float32 data the per-block sum has a relative error (to the sum
+        of moduli) of at most about ``m u_32`` [3]_ (``m`` entries of the channel in the
+        block); the blocks are then added in float64 (``pullback``'s statistics).  Float64
+        data: unchanged.  No certified quantity relies on these sums: they feed ``mixed``
+        (the mixed derivatives, not a bound); ``grad_error_bound`` concerns the gradient
+        and :meth:`mixed_norm_bound` sums in float64 per entry.
         """
         xp = get_namespace(a, b)
         return xp.einsum("ckpm,ckpm->k" if self.group else "ckm,ckm->k", a, b).astype(np.float64)
@@ -175,7 +179,11 @@ class Composite(CompositeBounds):
 
     # ------------------------------------------------------------------ value, gradient, Hessian
     def value(self, x, lam, nu):
-        r""":math:`R(x) = \sum_c\lambda_c\sum_j\varphi((K_cx)_j;\nu_c)`, a 0-d array of ``x``'s dtype."""
+        r""":math:`R(x) = \sum_c\lambda_c\sum_j\varphi((K_cx)_j;\nu_c)`, a 0-d array of ``x``'s dtype.
+
+        Each block's per-channel sums are taken in ``x``'s dtype (:meth:`_csum`) and
+        accumulated across blocks in float64.
+        """
         xp = get_namespace(x)
         lam, nu = self.params(lam, nu)
         if self._scalar(lam, nu):
@@ -327,6 +335,14 @@ class Composite(CompositeBounds):
             Likewise for ``nu`` (None without shape parameter).
         d_op : array or None
             The derivative in the operator's parameters (``op_params=True``), else None.
+
+        Notes
+        -----
+        One :meth:`~varlearn.potentials.Potential.d1_hess_apply` per block (when the
+        Hessian product is needed) into two work arrays reused across the blocks.  The
+        per-channel sums of a block are taken in the block's dtype and accumulated across
+        blocks in float64 (:meth:`_cdot`: for float32 data a relative rounding error of at
+        most about ``m u_32`` per block sum, ``m`` its entries per channel).
         """
         xp = get_namespace(x, w)
         lam, nu = self.params(lam, nu)
@@ -409,6 +425,7 @@ class Composite(CompositeBounds):
         eye = np.eye(self.n_channels)
         k2 = np.array([self._wgb(eye[c]) for c in range(self.n_channels)])
         return float(np.sum(scale * scale * k2 * y2))
+
 
 class _Buffers:
     """Block-sized work arrays reused across the blocks of one pass (no allocation per block)."""
