@@ -3,7 +3,7 @@
 Workloads (NumPy backend, float64, the package defaults otherwise):
 
 - ``snippet``: the README's Python API example (learned TV on two built-in 96x96
-  images: ``solve_lower``, ``hypergradient``, then MAID with ``max_iter=30``);
+  images: ``solve_lower``, ``hypergradient``, then MAID with ``maxiter=30``);
 - ``foe``: MAID on a Field of Experts (8 filters 5x5) over 4 noisy 64x64 crops
   of the built-in images, ``max_iter`` outer iterations.
 
@@ -48,7 +48,7 @@ def snippet(max_iter):
     vl.solve_lower(problem, np.array([-3.0, -4.0]), tol=1e-4)
     vl.hypergradient(problem, upper, np.array([-3.0, -4.0]), lower_tol=1e-3, cg_tol=1e-3)
     res = vl.minimize_bilevel(problem, upper, np.array([-5.0, -5.0]), method="maid",
-                              options={"max_iter": max_iter})
+                              options={"maxiter": max_iter})
     return float(res.fun)
 
 
@@ -60,7 +60,7 @@ def foe(max_iter):
     problem = vl.DenoisingProblem(noisy, reg)
     upper = vl.SquaredError(clean)
     res = vl.minimize_bilevel(problem, upper, reg.init_params(rng=0), method="maid",
-                              options={"max_iter": max_iter})
+                              options={"maxiter": max_iter})
     return float(res.fun)
 
 

@@ -356,7 +356,7 @@ def foe_baseline(clean, noisy, test_clean, test_noisy, *, n_filters=8, size=5, c
     upper = SquaredError(clean_c)
     res = _bilevel.minimize_bilevel(DenoisingProblem(noisy_c, reg), upper, to_device(reg.init_params(), xp), "maid",
                                     options={**FOE_MAID_OPTIONS, "bound": bool(bound), "budget": float(budget),
-                                             "max_iter": int(max_iter)})
+                                             "maxiter": int(max_iter)})
     wall = time.perf_counter() - t0
     theta = to_numpy(res.theta)
     th = to_device(theta, xp)
