@@ -353,3 +353,89 @@ def test_killed_worker_gives_the_same_run(client, spec, inprocess, tmp_path):
     assert run.status == ref.status and run.history[-1]["image_cost"] == ref.history[-1]["image_cost"]
     inproc = minimize_bilevel(problem, upper, THETA, method="maid", options=opts)
     assert np.max(np.abs(run.theta - inproc.theta)) < 1e-3  # chunked solves change θ only within accuracy
+
+
+# ---------------------------------------------------------------------- worker-side warm starts (§4.6)
+def _certified(bh, eps, delta):
+    assert bh.status == "success" and bh.n_dropped == 0
+    assert bh.eps <= eps and bh.delta <= delta
+
+
+@pytest.mark.dask
+def test_worker_warm_starts_cut_iterations_and_survive_a_cleared_cache_and_a_lost_worker(client, spec, tmp_path):
+    """Tasks read their starts from the worker that ran them last; a cleared cache is a cold start again."""
+    from varlearn.executors import DaskExecutor, WorkerWarm, clear_worker_cache, worker_cache_info
+
+    theta2 = THETA + np.array([0.01, -0.01])
+    eps, delta = 1e-4, 1e-4
+    ex = DaskExecutor(client=client, images_per_task=3)
+    cold = ex.hypergradient(spec, range(N), theta2, eps, delta)
+    _certified(cold, eps, delta)
+    ww = WorkerWarm(f"test-{os.getpid()}-{tmp_path.name}", 2 ** 26)
+    _certified(ex.hypergradient(spec, range(N), THETA, eps, delta, warm=ww), eps, delta)
+    hits0 = sum(v["hits"] for v in client.run(worker_cache_info).values())
+    warm = ex.hypergradient(spec, range(N), theta2, eps, delta, warm=ww)
+    _certified(warm, eps, delta)
+    hits = sum(v["hits"] for v in client.run(worker_cache_info).values())
+    assert hits - hits0 >= N - 3  # the tasks found (almost all of) their starts where they were sent
+    assert warm.image_lower_iter < 0.7 * cold.image_lower_iter, (warm.image_lower_iter, cold.image_lower_iter)
+    np.testing.assert_allclose(warm.grad, cold.grad, rtol=0.05)  # the same gradient within accuracy
+    client.run(clear_worker_cache, ww.run)
+    again = ex.hypergradient(spec, range(N), theta2, eps, delta, warm=ww)
+    _certified(again, eps, delta)
+    assert again.image_lower_iter == cold.image_lower_iter  # a miss is exactly a cold start from y_i
+    # a worker dies while running chunk 1: the task is rerouted, cold on the other worker, still certified
+    ex.fault_hook = FaultHook(chunk=1, mode="exit", marker=str(tmp_path / "killed"))
+    lost = ex.hypergradient(spec, range(N), THETA, eps, delta, warm=ww)
+    assert (tmp_path / "killed").exists()
+    _certified(lost, eps, delta)
+    ex.fault_hook = None
+    client.wait_for_workers(2, timeout=60)
+
+
+def _recording_dask(**kw):
+    """A DaskExecutor that records every call's achieved and target ε, δ (driver side only)."""
+    from varlearn.executors import DaskExecutor
+
+    class Recording(DaskExecutor):
+        def hypergradient(self, spec, indices, theta, eps, delta, **k):
+            bh = super().hypergradient(spec, indices, theta, eps, delta, **k)
+            self.calls.append((bh.eps, eps, bh.delta, delta, bh.status, bh.image_lower_iter))
+            return bh
+
+    ex = Recording(**kw)
+    ex.calls = []
+    return ex
+
+
+def _isgd_epoch_cost(client, inprocess, warm_start, callback=None):
+    from varlearn import minimize_bilevel
+
+    ex = _recording_dask(client=client, images_per_task=1)
+    opts = {"batch_size": 3, "max_epochs": 2, "warm_start": warm_start, "executor": ex, "seed": 4,
+            "step0": 0.01, "eps0": 0.002, "p": 0.25}
+    res = minimize_bilevel(*inprocess, THETA, method="isgd", options=opts, callback=callback)
+    for got_eps, eps, got_delta, delta, status, _ in ex.calls:
+        assert status == "success" and got_eps <= eps and got_delta <= delta  # every step certified
+    assert all(r["n_uncertified"] == 0 for r in res.history) and len(ex.calls) == 4
+    second = sum(c[5] for c in ex.calls[2:])  # the lower-level image-iterations of epoch 2
+    return res, second
+
+
+@pytest.mark.dask
+def test_isgd_worker_warm_starts(client, inprocess):
+    """warm_start="worker" on 2 workers: epoch 2 costs clearly less than cold solves; a cleared cache is safe."""
+    from varlearn.executors import clear_worker_cache
+
+    cold, cold_2 = _isgd_epoch_cost(client, inprocess, "none")
+    warm, warm_2 = _isgd_epoch_cost(client, inprocess, "worker")
+    assert warm_2 < 0.75 * cold_2, (warm_2, cold_2)
+    assert np.max(np.abs(warm.theta - cold.theta)) < 1e-2  # the same run within the accuracy
+    cleared = []
+
+    def clear(_):
+        if not cleared:  # after the first step: the caches of both workers emptied mid-run
+            cleared.append(sum(client.run(clear_worker_cache).values()))
+
+    mid, mid_2 = _isgd_epoch_cost(client, inprocess, "worker", callback=clear)
+    assert cleared[0] > 0 and mid.status == warm.status and len(mid.history) == 4

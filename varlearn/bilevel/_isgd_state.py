@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 import warnings
 from collections import OrderedDict
 
@@ -175,23 +176,40 @@ def make_executor(opts, problem, upper):
 
 
 def warm_capacity(n, x_shape, opts, executor):
-    """Images the driver's warm-start store may hold (0: no warm starts).
+    """Images the driver's warm-start store may hold (0: no driver-side warm starts).
 
     ``"none"`` gives 0, as do ``"worker"`` and (with a non-serial executor,
-    when N·H·W·4 bytes exceed ``warm_start_max_bytes``) ``"auto"``: these
-    solves start cold.  Otherwise float32 ``x`` and ``q̄`` of at most
+    when N·H·W·4 bytes exceed ``warm_start_max_bytes``) ``"auto"``: see
+    :func:`warm_mode`.  Otherwise float32 ``x`` and ``q̄`` of at most
     ``warm_start_max_bytes // (8 H W)`` images (all N when they fit).
     """
-    from ..executors import SerialExecutor  # noqa: PLC0415
+    if warm_mode(n, x_shape, opts, executor) != "driver":
+        return 0
+    pixels = int(np.prod(x_shape[1:]))
+    return int(min(n, opts["warm_start_max_bytes"] // (8 * pixels)))
+
+
+def warm_mode(n, x_shape, opts, executor):
+    """Where the warm starts live: ``"driver"``, ``"worker"`` or ``"none"``.
+
+    ``"auto"`` is ``"driver"`` with the serial (or no) executor or when
+    N·H·W·4 bytes fit in ``warm_start_max_bytes``, else ``"worker"``.
+    ``"worker"`` needs a :class:`~varlearn.executors.DaskExecutor`: each
+    worker process keeps an LRU of at most ``warm_start_max_bytes`` and tasks
+    are placed on the worker holding their images' starts (a miss or a lost
+    worker is a cold start: certified, not bit-reproducible).  With any other
+    executor ``"worker"`` solves start cold (``"none"``).
+    """
+    from ..executors import DaskExecutor, SerialExecutor  # noqa: PLC0415
 
     mode = opts["warm_start"]
-    pixels = int(np.prod(x_shape[1:]))
     if mode == "auto":
+        pixels = int(np.prod(x_shape[1:]))
         serial = executor is None or isinstance(executor, SerialExecutor)
         mode = "driver" if serial or n * pixels * 4 <= opts["warm_start_max_bytes"] else "worker"
-    if mode != "driver":
-        return 0
-    return int(min(n, opts["warm_start_max_bytes"] // (8 * pixels)))
+    if mode == "worker" and not isinstance(executor, DaskExecutor):
+        return "none"
+    return mode
 
 
 def batch_problems(state, idx, epoch):
@@ -205,7 +223,7 @@ def executor_hypergradient(state, idx, epoch, eps, delta, bound, L0):
     """The batch hypergradient through ``state.executor`` (C6), in the form of the in-process path."""
     b = len(idx)
     w = 1.0 / b  # the executor's chunk losses carry the batch weight
-    warm = state.warm.as_dict(idx, w) if state.warm is not None else None
+    warm = state.warm.as_dict(idx, w) if state.warm is not None else _worker_warm(state)
     bh = state.executor.hypergradient(state.spec, [int(i) for i in idx], to_numpy(state.theta), eps, delta,
                                       warm=warm, bound=bound, key=f"isgd-{state.k}", epoch=epoch, lower_L0=L0,
                                       constants=state.constants)
@@ -221,6 +239,17 @@ def executor_hypergradient(state, idx, epoch, eps, delta, bound, L0):
                   bound_exact=bh.bound_exact, n_lower_iter=bh.n_lower_iter, n_cg_iter=bh.n_cg_iter,
                   image_lower_iter=bh.image_lower_iter, image_cg_iter=bh.image_cg_iter, n_retries=bh.n_retries,
                   n_dropped=bh.n_dropped, n_uncertified=uncertified, status=bh.status, x=None)
+
+
+def _worker_warm(state):
+    """The run's :class:`~varlearn.executors.WorkerWarm` request in ``"worker"`` mode, else None (made once)."""
+    if not hasattr(state, "worker_warm"):
+        from ..executors import WorkerWarm  # noqa: PLC0415
+
+        mode = warm_mode(state.n_samples, state.x_shape, state.options, state.executor)
+        run = f"{state.fingerprint[:16]}-{uuid.uuid4().hex[:8]}"  # a fresh run (or a resume) never reads others
+        state.worker_warm = WorkerWarm(run, int(state.options["warm_start_max_bytes"])) if mode == "worker" else None
+    return state.worker_warm
 
 
 def _executor(state):
@@ -378,6 +407,6 @@ def restore(state, meta, arrays, path):
     return state
 
 
-__all__ = ["WarmStore", "describe_data", "warm_capacity", "make_executor", "batch_problems",
+__all__ = ["WarmStore", "describe_data", "warm_capacity", "warm_mode", "make_executor", "batch_problems",
            "executor_hypergradient", "evaluate_set", "apply_projection", "save", "restore", "read_checkpoint",
            "saved_options", "data_fingerprint"]

@@ -32,11 +32,12 @@ from ._reduce import (
 )
 from ._spec import DenoisingDataset, chunk_loss
 from ._task import ChunkResult, FaultHook, TaskOptions, run_chunk
+from ._worker_cache import WorkerWarm, clear_worker_cache, worker_cache_info
 from .maid import executor_hypergradient, executor_solve_lower
 
 __all__ = [
     "Executor", "SerialExecutor", "DaskExecutor", "DISTRIBUTED_EXTRA", "BatchHypergradient", "BatchValue",
     "ChunkResult", "Collector", "DistributedTaskError", "DenoisingDataset", "FaultHook", "TaskOptions",
     "allocate", "chunk_loss", "compose_hypergradient", "compose_value", "executor_hypergradient",
-    "executor_solve_lower", "run_chunk",
+    "executor_solve_lower", "run_chunk", "WorkerWarm", "clear_worker_cache", "worker_cache_info",
 ]

@@ -16,6 +16,7 @@ from .._validation import check_positive
 from ._reduce import Collector, DistributedTaskError, allocate, compose_hypergradient, compose_value
 from ._spec import DenoisingDataset
 from ._task import TaskOptions, run_chunk
+from ._worker_cache import WorkerWarm
 
 logger = logging.getLogger("varlearn")
 
@@ -125,8 +126,13 @@ class Executor:
             The batch (global indices; order kept, chunks are contiguous runs of it).
         theta : array
         eps, delta : float > 0
-        warm : dict, optional
-            ``{index: (x_i, q_i)}`` warm starts (``q_i`` may be None).
+        warm : dict or WorkerWarm, optional
+            ``{index: (x_i, q_i)}`` warm starts (``q_i`` may be None), sent with
+            the tasks (deterministic).  A :class:`WorkerWarm`: every task reads
+            and writes the warm-start cache of the process it runs in (on Dask,
+            tasks are placed on the worker that last held most of their images);
+            a miss or a lost worker means a cold start -- certified, but not
+            bit-reproducible.
         bound : bool
             Compute ω.
         key : str, optional
@@ -191,7 +197,10 @@ class Executor:
             opts = TaskOptions(phase=phase, tag=(call, phase, digest, c), bound=bound, epoch=epoch,
                                lower_L0=lower_L0, est_seed=(spec.estimator_seed, call_word, c),
                                est_state=est_state, threads=self.threads, fault=self.fault_hook)
-            w = None if not warm else {i: warm[i] for i in ind if i in warm}
+            if isinstance(warm, WorkerWarm):
+                w = warm
+            else:
+                w = None if not warm else {i: warm[i] for i in ind if i in warm}
             tspec, data = self._prepare_data(spec, ind)
             tasks.append(_Task(c, ind, eps_t[c], delta_t[c], opts, w, (tspec, data)))
         collector = Collector([t.opts.tag for t in tasks])

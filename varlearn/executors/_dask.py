@@ -13,6 +13,7 @@ import traceback
 
 from ._base import Executor
 from ._task import run_chunk, set_threads_once
+from ._worker_cache import WorkerWarm
 
 logger = logging.getLogger("varlearn")
 
@@ -42,6 +43,13 @@ class DaskExecutor(Executor):
     workers it errs with ``KilledWorker``); an erred task is resubmitted up
     to ``task_retries`` times, then ``on_task_failure`` applies.  Workers run
     varlearn's kernels on one thread.
+
+    With ``warm=WorkerWarm(...)`` (worker-side warm starts, stochastic-spec
+    §4.6) each task is submitted with ``workers=[the worker that last held
+    most of its images]`` and ``allow_other_workers=True``; it reads its
+    starts from that worker's cache.  A task that runs elsewhere (the worker
+    is busy, lost or gone) starts cold from the noisy images: certified, but
+    not bit-reproducible.
 
     Parameters
     ----------
@@ -87,6 +95,7 @@ class DaskExecutor(Executor):
         self._client = None
         self._cluster = None
         self._own_client = False
+        self._where = {}  # (run, image index) -> address of the worker whose cache holds its warm start
 
     @property
     def client(self):
@@ -138,6 +147,17 @@ class DaskExecutor(Executor):
         data = (futures[0], futures[1] if coll.has_noisy else None)
         return dataclasses.replace(spec, collection=coll.without_data()), data
 
+    def _placement(self, task):
+        """``submit`` restrictions: the worker that last held most of the chunk's warm starts (loosely)."""
+        if not isinstance(task.warm, WorkerWarm):
+            return {}
+        held = [self._where.get((task.warm.run, i)) for i in task.indices]
+        held = [a for a in held if a is not None]
+        if not held:
+            return {}
+        best = max(set(held), key=lambda a: (held.count(a), a))
+        return {"workers": [best], "allow_other_workers": True}
+
     def _run(self, spec, theta, n_batch, tasks, report):
         distributed = _distributed()
         client = self.client
@@ -147,12 +167,15 @@ class DaskExecutor(Executor):
             call, phase, _, chunk = t.opts.tag
             key = f"varlearn-{call}-{phase}-{chunk}-{t.attempt}"
             fut = client.submit(run_chunk, tspec, t.chunk, t.indices, theta, t.eps_c, t.delta_c, n_batch, t.opts,
-                                warm=t.warm, data=data, key=key, pure=False)
+                                warm=t.warm, data=data, key=key, pure=False, **self._placement(t))
             futures[fut] = t
         for fut in distributed.as_completed(list(futures)):
             t = futures[fut]
             if fut.status == "finished":
-                report(t, fut.result(), None)
+                res = fut.result()
+                if isinstance(t.warm, WorkerWarm) and res.address is not None:
+                    self._where.update({(t.warm.run, i): res.address for i in t.indices})
+                report(t, res, None)
             else:
                 exc = fut.exception()
                 if exc is None:

@@ -27,6 +27,7 @@ from ..hypergradient import BoundEstimator, hypergradient
 from ..linalg import norm as _lnorm
 from ..results import ConvergenceWarning
 from ..solvers import solve_lower
+from ._worker_cache import _CACHE, WorkerWarm
 
 logger = logging.getLogger("varlearn")
 
@@ -119,6 +120,9 @@ class ChunkResult:
         Seconds the task computed.
     worker : str
         ``host:pid`` of the process that ran it.
+    address : str or None
+        The Dask address of the worker that ran it when it used worker-side
+        warm starts (where its images' starts now are), else None.
     """
 
     chunk: int
@@ -146,6 +150,7 @@ class ChunkResult:
     q: np.ndarray | None
     time: float
     worker: str
+    address: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,9 +248,12 @@ def run_chunk(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm=N
     n_batch : int
         Images in the batch (the loss weight is ``1/n_batch``).
     opts : TaskOptions
-    warm : dict, optional
+    warm : dict or WorkerWarm, optional
         ``{index: (x_i or None, q_i or None)}`` warm starts; images without
-        one start from their noisy image (and q from 0).
+        one start from their noisy image (and q from 0).  A
+        :class:`~varlearn.executors._worker_cache.WorkerWarm`: read the starts
+        from this process's cache and write the results back (a miss is a
+        cold start: certified, not bit-reproducible).
     data : tuple, optional
         Raw ``(clean, noisy)`` blocks of the rows ``sorted(set(indices))``
         (Dask collections: futures resolved by Dask); else the task reads
@@ -262,6 +270,28 @@ def run_chunk(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm=N
     spec = _with_data(spec, indices, data)
     problem, upper = spec.problems(indices, n_batch, opts.epoch)
     theta = np.asarray(theta, dtype=np.float64)
+    cache = warm if isinstance(warm, WorkerWarm) else None
+    if cache is not None:
+        warm = _CACHE.get(cache.run, indices, 1.0 / n_batch)
+    res = _solve(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm, problem, upper, t0)
+    if cache is not None:
+        if res.status != "nan":
+            _CACHE.put(cache.run, indices, res.x, res.q, 1.0 / n_batch, cache.max_bytes)
+        res.address = _worker_address()
+    return res
+
+
+def _worker_address():
+    """The address of the Dask worker running this task, or None outside one."""
+    try:
+        from distributed import get_worker  # noqa: PLC0415 - only on the Dask path
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def _solve(spec, chunk, indices, theta, eps_c, delta_c, n_batch, opts, warm, problem, upper, t0):
     x0 = _warm_stack(warm, indices, problem, 0)
     n_c = len(indices)
     try:
