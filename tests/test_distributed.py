@@ -439,3 +439,38 @@ def test_isgd_worker_warm_starts(client, inprocess):
 
     mid, mid_2 = _isgd_epoch_cost(client, inprocess, "worker", callback=clear)
     assert cleared[0] > 0 and mid.status == warm.status and len(mid.history) == 4
+
+
+def test_worker_cache_is_a_bounded_lru_and_auto_picks_worker_mode():
+    from varlearn.bilevel._isgd_state import warm_capacity, warm_mode
+    from varlearn.bilevel.isgd_options import ISGD_DEFAULTS
+    from varlearn.executors import TaskOptions, WorkerWarm, clear_worker_cache, run_chunk
+    from varlearn.executors._worker_cache import WorkerCache
+
+    c = WorkerCache()
+    x, q = np.ones((3, 4, 4)), np.full((3, 4, 4), 0.5)
+    one = 2 * 16 * 4  # float32 x and q̄ of a 4 x 4 image
+    c.put("r", (0, 1, 2), x, q, 0.5, max_bytes=2 * one)
+    assert sorted(k[1] for k in c.data) == [1, 2] and c.nbytes == 2 * one  # the oldest was evicted
+    got = c.get("r", (0, 1, 5), 0.25)
+    assert list(got) == [1] and got[1][0].dtype == np.float32
+    np.testing.assert_array_equal(got[1][1], 0.25 * 1.0)  # q̄ = q / w = 1 stored, scaled by the new weight
+    assert c.get("other run", (1, 2), 1.0) is None and c.clear("r") == 2 and c.nbytes == 0
+    # a task in this process writes its results to the cache and reads them on the next call
+    spec = DenoisingDataset(ImageCollection.from_array(np.full((2, 8, 8), 0.5)), TotalVariation(), sigma=0.1)
+    opts = TaskOptions(phase="grad", tag=("t", "grad", "", 0))
+    ww = WorkerWarm("unit", 2 ** 20)
+    first = run_chunk(spec, 0, (0, 1), THETA, 1e-6, 1e-6, 2, opts, warm=ww)
+    second = run_chunk(spec, 0, (0, 1), THETA, 1e-6, 1e-6, 2, opts, warm=ww)
+    assert first.address is None and second.n_lower_iter < first.n_lower_iter
+    assert clear_worker_cache("unit") == 2
+    opts_auto = dict(ISGD_DEFAULTS, warm_start="auto", warm_start_max_bytes=1000)
+    pytest.importorskip("distributed")
+    from varlearn.executors import DaskExecutor
+
+    dask_ex = DaskExecutor(n_workers=1)  # no cluster is started until its client is used
+    assert warm_mode(6, (6, 32, 32), opts_auto, dask_ex) == "worker" and warm_capacity(6, (6, 32, 32),
+                                                                                      opts_auto, dask_ex) == 0
+    assert warm_mode(6, (6, 32, 32), opts_auto, SerialExecutor()) == "driver"
+    assert warm_mode(6, (6, 32, 32), dict(opts_auto, warm_start="worker"), SerialExecutor()) == "none"
+    assert warm_mode(6, (6, 32, 32), dict(opts_auto, warm_start_max_bytes=2 ** 20), dask_ex) == "driver"
