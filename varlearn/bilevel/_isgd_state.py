@@ -20,7 +20,8 @@ format of :mod:`varlearn.bilevel.checkpoint`, validated there):
   LRU order, oldest first), ``warm_x`` and ``warm_q`` (float32,
   ``(n_warm, H, W)``).  Without them a resumed run is still exact in its
   batches, accuracies and certificates, but not bit for bit (the solves start
-  elsewhere).
+  elsewhere).  In ``"worker"`` mode the starts live in the workers' caches
+  and are never saved: a resumed run starts them cold under a new run key.
 """
 from __future__ import annotations
 
