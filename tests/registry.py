@@ -44,3 +44,16 @@ REGULARIZERS = {
 # the random points used by the tests avoid the kinks with probability one.
 
 POTENTIAL_NAMES = sorted(POTENTIALS)
+
+
+def power_norm(apply, shape, rng, n_iter=60):
+    """Power-iteration estimate of the largest ``|eigenvalue|`` of a symmetric linear map (a lower bound
+    on its norm that converges to it), from a standard-normal start drawn from ``rng``."""
+    v = rng.standard_normal(shape)
+    v /= np.linalg.norm(v)
+    lam = 0.0
+    for _ in range(n_iter):
+        hv = apply(v)
+        lam = np.linalg.norm(hv)
+        v = hv / lam
+    return lam

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from registry import power_norm
 
 import varlearn as vl
 from varlearn.backend import to_numpy
@@ -139,16 +140,6 @@ def test_tv_bounds_are_the_former_constants_and_the_compositions(iso, rng):
         assert 40 * u * lam * math.sqrt(x.size) < b <= 64 * u * lam * math.sqrt(x.size)  # never looser than before
 
 
-def _power_norm(apply, shape, rng, n=60):
-    v = rng.randn(*shape)
-    lam = 0.0
-    for _ in range(n):
-        hv = apply(v)
-        lam = np.linalg.norm(hv)
-        v = hv / lam
-    return lam
-
-
 @pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])
 def test_tv_bounds_hold(iso, rng):
     theta = np.array([-1.0, -1.5])
@@ -156,7 +147,7 @@ def test_tv_bounds_hold(iso, rng):
     tv = vl.TotalVariation(isotropic=iso)
     # a flat image puts every difference at t = 0, where phi'' = 1/nu: the Lipschitz bound is nearly attained
     x0 = np.zeros((1, 24, 24))
-    h_norm = _power_norm(lambda v: tv.hvp(x0, theta, v), x0.shape, rng)
+    h_norm = power_norm(lambda v: tv.hvp(x0, theta, v), x0.shape, rng)
     assert h_norm <= tv.lipschitz(theta) and h_norm >= 0.9 * 8 * lam / nu
     # Hessian- and mixed-Lipschitz constants and the mixed norm: observed lower estimates stay below the claims
     x = 0.3 * rng.rand(2, 12, 12)
@@ -168,7 +159,7 @@ def test_tv_bounds_hold(iso, rng):
     # convexity 0: the largest eigenvalue of L I - H is L - min eig(H) <= L
     big = tv.lipschitz(theta)
     assert tv.convexity(theta) == 0.0
-    assert _power_norm(lambda v: big * v - tv.hvp(x, theta, v), x.shape, rng) <= big * (1 + 1e-12)
+    assert power_norm(lambda v: big * v - tv.hvp(x, theta, v), x.shape, rng) <= big * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("iso", [True, False], ids=["iso", "aniso"])
@@ -338,7 +329,7 @@ def test_composite_per_channel_bounds_hold(rng):
     lam, nu = np.array([0.3, 0.7]), np.array([0.2, 0.5])
     comp = Composite(FiniteDifference(), SmoothedL1())
     x0 = np.zeros((1, 20, 20))
-    h_norm = _power_norm(lambda v: comp.hvp(x0, lam, nu, v), x0.shape, rng)
+    h_norm = power_norm(lambda v: comp.hvp(x0, lam, nu, v), x0.shape, rng)
     # w_c = lam_c / nu_c = (1.5, 1.4): min(8 max w, 4 sum w) = 11.6
     assert comp.lipschitz(lam, nu) == pytest.approx(11.6, rel=1e-14) and h_norm <= comp.lipschitz(lam, nu)
     x = rng.rand(1, 10, 10)
@@ -505,7 +496,7 @@ def test_filter_bank_composition_derivatives_and_bounds(rng):
     x = rng.rand(2, 9, 8)
     check_regularizer(reg, x, theta, rng=rng, raise_error=True)
     prob = vl.DenoisingProblem(x, reg)
-    h_norm = _power_norm(lambda v: reg.hvp(x, theta, v), x.shape, rng)
+    h_norm = power_norm(lambda v: reg.hvp(x, theta, v), x.shape, rng)
     assert 0 < h_norm <= reg.lipschitz(theta) and reg.convexity(theta) == 0.0
     obs = observed_constants(prob, theta, x, radius=0.3, n_pairs=3, n_power=8, rng=rng)
     assert 0 < obs["L_H"] <= obs["claimed_L_H"] and 0 < obs["L_J"] <= obs["claimed_L_J"]

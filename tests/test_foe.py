@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from registry import REGULARIZERS
+from registry import REGULARIZERS, power_norm
 
 import varlearn as vl
 import varlearn._filterbank as fbmod
@@ -222,7 +222,10 @@ def test_filterbank_pullback_equals_the_generic_default(xp, rng, blocks, with_v)
     assert bank.pullback(x, lambda u, kv, ch: (None, None), v) == (None, None)
     with pytest.raises(ValueError, match="weights must have shape"):
         bank.pullback(x, fn, v, weights=xp.ones(k + 1))
-    assert bank.param_vjp(x, bank.apply(x)).shape == (bank.n_params,)
+    u = bank.apply(x)
+    pv = bank.param_vjp(x, u)
+    assert pv.shape == (bank.n_params,)
+    np.testing.assert_array_equal(to_numpy(pv), to_numpy(bank.tap_vjp(x, u)).ravel())  # tap_vjp: check_grad above
 
 
 @pytest.mark.parametrize("s", [1, 3, 5, 7])
@@ -413,17 +416,6 @@ def test_foe_single_image(rng):
     np.testing.assert_allclose(reg.value(x[0], theta) + reg.value(x[1], theta), reg.value(x, theta), rtol=1e-12)
 
 
-def _power_max_eig(hvp, shape, rng, n_iter=200):
-    v = rng.standard_normal(shape)
-    v /= np.linalg.norm(v)
-    lam = 0.0
-    for _ in range(n_iter):
-        hv = hvp(v)
-        lam = np.linalg.norm(hv)
-        v = hv / lam
-    return lam
-
-
 @pytest.mark.parametrize("size", [3, 7])
 def test_foe_lipschitz_bounds_hessian(rng, size):
     reg = vl.FieldOfExperts(n_filters=3, size=size, rng=rng)
@@ -431,7 +423,7 @@ def test_foe_lipschitz_bounds_hessian(rng, size):
     shape = (2, size // 2 + 2, size + 2)
     bound = reg.lipschitz(theta)
     for x in (rng.rand(*shape), 1e-3 * rng.rand(*shape)):  # tiny x: near the curvature maximum
-        est = _power_max_eig(lambda v, x=x: reg.hvp(x, theta, v), shape, rng)
+        est = power_norm(lambda v, x=x: reg.hvp(x, theta, v), shape, rng, n_iter=200)
         assert 0 < est <= bound
     # the bound is the weighted Gram bound with weights e^{θ0+θi} / nu_i
     lam, nu = np.exp(theta[0] + theta[1:4]), np.exp(theta[4:7])

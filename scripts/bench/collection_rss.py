@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from varlearn._io import dump_json
+
 logger = logging.getLogger("varlearn.bench")
 THETA = (-3.0, -3.0)
 
@@ -135,8 +137,7 @@ def main(argv=None):
         print(f"{r['mode']:>7} {r['peak_mb']:>9.1f} {r['base_mb']:>14.1f} {r['delta_mb']:>9.1f} "
               f"{r['image_iterations']:>11}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        dump_json(args.json, rows)  # atomic, the package's JSON policy
     return 0
 
 

@@ -28,7 +28,6 @@ Run (the ``__main__`` guard is needed by the LocalCluster's worker processes)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -37,6 +36,8 @@ import sys
 import time
 
 import numpy as np
+
+from varlearn._io import dump_json
 
 logger = logging.getLogger("varlearn.bench")
 
@@ -160,8 +161,7 @@ def main(argv=None):
     print(f"load average after {out['loadavg_after'][0]:.2f} on {os.cpu_count()} cores "
           "(a shared machine: other jobs take cores, which lowers E(n))")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        dump_json(args.json, out)  # atomic, the package's JSON policy
     return 0
 
 
